@@ -1,0 +1,183 @@
+"""Every message that crosses the gateway <-> worker boundary.
+
+One DEALER (gateway) talks to one ROUTER (worker). Each ZeroMQ message is a
+single frame holding one MessagePack-encoded struct from this module; the
+``type`` tag selects the struct. Nothing here imports MLX or FastAPI: this
+module is the whole contract between the two sides.
+
+Gateway -> worker:  Hello, ChatRequest, Abort, ControlCall
+Worker  -> gateway: WorkerInfo, StepOutputs, ControlReply, GoingAway
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal, Union
+
+import msgspec
+
+# Bump on any incompatible change; the gateway refuses workers that differ.
+PROTOCOL_VERSION = 1
+
+
+class _Msg(msgspec.Struct, tag_field="type", forbid_unknown_fields=False, omit_defaults=True):
+    """Base for wire messages: tagged, tolerant of fields added later."""
+
+
+# --------------------------------------------------------------------------- #
+# Gateway -> worker
+# --------------------------------------------------------------------------- #
+
+
+class Hello(_Msg, tag="hello"):
+    """First message on a new connection; answered with WorkerInfo."""
+
+    protocol_version: int
+    gateway_id: str
+
+
+class SamplingParams(msgspec.Struct, omit_defaults=True):
+    max_tokens: int | None = None  # None: bounded by the context left after the prompt
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0  # 0 disables
+    min_p: float = 0.0
+    repetition_penalty: float = 1.0  # 1.0 disables
+    seed: int | None = None
+    stop: list[str] = []
+    logprobs: bool = False
+    top_logprobs: int = 0
+
+
+class ChatRequest(_Msg, tag="chat"):
+    """One chat completion. ``messages`` are OpenAI message dicts, already
+    validated by the gateway; media parts carry data URLs only."""
+
+    request_id: str
+    messages: list[dict[str, Any]]
+    sampling: SamplingParams
+    strip_thinking: bool = False
+    conversation_id: str | None = None
+    reset_conversation: bool = False
+    tools: list[dict[str, Any]] | None = None
+    # Seconds since the epoch after which the worker gives up (None: no deadline).
+    deadline: float | None = None
+
+
+class Abort(_Msg, tag="abort"):
+    """Stop these requests; idempotent (unknown ids are ignored)."""
+
+    request_ids: list[str]
+
+
+ControlMethod = Literal["ping", "stats", "conv_save", "conv_load", "conv_stats", "conv_delete"]
+
+
+class ControlCall(_Msg, tag="control"):
+    """A whitelisted out-of-band call. ``ping`` is answered by the compute
+    loop, so a reply proves the loop is alive, not just the IO thread."""
+
+    call_id: str
+    method: ControlMethod
+    args: dict[str, Any] = {}
+
+
+# --------------------------------------------------------------------------- #
+# Worker -> gateway
+# --------------------------------------------------------------------------- #
+
+
+class WorkerInfo(_Msg, tag="worker_info"):
+    """Handshake reply: what this worker serves."""
+
+    protocol_version: int
+    worker_id: str
+    model_id: str
+    created: int  # worker start, epoch seconds (used as /v1/models `created`)
+    context_length: int
+    capabilities: list[str]  # e.g. ["chat", "vision"]
+    tokenizer_hash: str  # sha256 over tokenizer + chat template
+    max_running: int = 0
+    max_queued: int = 0
+
+
+class WorkerLoad(msgspec.Struct, omit_defaults=True):
+    running: int = 0
+    waiting: int = 0
+    kv_tokens: int = 0
+    steps: int = 0  # monotonically increasing: a moving counter means alive
+
+
+class CacheInfo(msgspec.Struct, omit_defaults=True):
+    """The worker's cache decision for a request (becomes X-Conv-* headers)."""
+
+    mode: str = "none"  # fresh|hit|snapshot|reset|none|disabled
+    cached_tokens: int = 0
+    processing_tokens: int = 0
+
+
+FinishReason = Literal["stop", "length", "abort", "error", "tool_calls"]
+
+
+class RequestOutput(msgspec.Struct, omit_defaults=True):
+    """What one request produced during one compute step.
+
+    The first output of a request carries ``started`` (prompt size and cache
+    decision), so the gateway can send headers before any token exists.
+    The last carries ``finish_reason`` and ``usage`` (or ``error``).
+    """
+
+    request_id: str
+    content: str = ""
+    reasoning: str = ""
+    tokens: int = 0  # new completion tokens in this step
+    started: CacheInfo | None = None
+    prompt_tokens: int = 0
+    finish_reason: FinishReason | None = None
+    usage: "Usage | None" = None
+    error: "ErrorInfo | None" = None
+    logprobs: list[dict[str, Any]] | None = None
+
+
+class Usage(msgspec.Struct, omit_defaults=True):
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cached_tokens: int = 0
+    ttft_seconds: float = 0.0  # worker admission -> first token
+    decode_seconds: float = 0.0  # first token -> last token
+    queue_seconds: float = 0.0  # worker admission -> prefill start
+
+
+class ErrorInfo(msgspec.Struct):
+    """A request-level failure. ``status`` is the HTTP status the gateway
+    should answer with when nothing has been streamed yet."""
+
+    message: str
+    type: str = "invalid_request_error"
+    code: str | None = None
+    param: str | None = None
+    status: int = 400
+
+
+class StepOutputs(_Msg, tag="outputs"):
+    """All outputs of one compute step for one gateway, batched."""
+
+    outputs: list[RequestOutput]
+    load: WorkerLoad | None = None
+
+
+class ControlReply(_Msg, tag="control_reply"):
+    call_id: str
+    ok: bool = True
+    result: dict[str, Any] = {}
+    error: ErrorInfo | None = None
+
+
+class GoingAway(_Msg, tag="going_away"):
+    """Last words of a worker that is shutting down or crashing."""
+
+    worker_id: str
+    reason: str
+
+
+ToWorker = Union[Hello, ChatRequest, Abort, ControlCall]
+FromWorker = Union[WorkerInfo, StepOutputs, ControlReply, GoingAway]
