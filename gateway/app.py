@@ -1,0 +1,41 @@
+"""The gateway's FastAPI application, built by a factory (no import-time work)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from contextlib import asynccontextmanager
+from typing import AsyncIterator
+
+from fastapi import FastAPI
+
+from .config import GatewayConfig
+from .errors import install_error_handlers
+from .pool import WorkerPool
+from .routes import chat, models
+
+log = logging.getLogger("kmlx.gateway")
+
+
+def create_app(config: GatewayConfig) -> FastAPI:
+    pool = WorkerPool(config.workers)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await pool.start()
+        deadline = time.monotonic() + config.startup_wait
+        while not pool.ready and time.monotonic() < deadline:
+            await asyncio.sleep(0.1)
+        log.info("gateway %s up; workers: %s", pool.gateway_id, ", ".join(config.workers))
+        yield
+        await pool.close()
+
+    app = FastAPI(title="kmlx gateway", lifespan=lifespan, docs_url=None, redoc_url=None)
+    app.state.config = config
+    app.state.pool = pool
+    app.state.draining = False
+    install_error_handlers(app)
+    app.include_router(chat.router)
+    app.include_router(models.router)
+    return app

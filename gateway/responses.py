@@ -1,0 +1,110 @@
+"""OpenAI response objects (`chat.completion`, `chat.completion.chunk`).
+
+Plain dicts encoded with msgspec's JSON encoder: this is the gateway's
+per-token path, so it stays allocation-light and free of model classes.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+
+from protocol.messages import CacheInfo, Usage
+
+_json = msgspec.json.Encoder()
+
+
+def usage_json(u: Usage) -> dict[str, Any]:
+    """OpenAI names plus the seed's aliases, and decode speed.
+
+    ``tokens_per_second`` is completion tokens per second of decoding
+    (first token to last), not prompt+completion over wall time.
+    """
+    tps = (u.completion_tokens - 1) / u.decode_seconds if u.decode_seconds > 0 and u.completion_tokens > 1 else 0.0
+    return {
+        "prompt_tokens": u.prompt_tokens,
+        "completion_tokens": u.completion_tokens,
+        "total_tokens": u.prompt_tokens + u.completion_tokens,
+        "prompt_tokens_details": {"cached_tokens": u.cached_tokens},
+        "tokens_per_second": round(tps, 2),
+        "time_to_first_token": round(u.ttft_seconds, 4),
+        # the seed's names, kept so its clients need no change
+        "input_tokens": u.prompt_tokens,
+        "output_tokens": u.completion_tokens,
+        "input_tokens_details": {"cached_tokens": u.cached_tokens},
+    }
+
+
+def conversation_headers(conversation_id: str | None, cache: CacheInfo | None) -> dict[str, str]:
+    cache = cache or CacheInfo()
+    return {
+        "X-Conv-Id": conversation_id or "",
+        "X-Conv-KV": cache.mode,
+        "X-Conv-Cached-Tokens": str(cache.cached_tokens),
+        "X-Conv-Processing-Tokens": str(cache.processing_tokens),
+    }
+
+
+def completion(
+    *,
+    request_id: str,
+    model: str,
+    created: int,
+    content: str,
+    reasoning: str,
+    finish_reason: str,
+    usage: Usage,
+    conversation_id: str | None,
+) -> dict[str, Any]:
+    message: dict[str, Any] = {"role": "assistant", "content": content, "refusal": None}
+    if reasoning:
+        message["reasoning_content"] = reasoning
+    return {
+        "id": request_id,
+        "object": "chat.completion",
+        "created": created,
+        "model": model,
+        "choices": [{"index": 0, "message": message, "finish_reason": finish_reason, "logprobs": None}],
+        "usage": usage_json(usage),
+        "metadata": {"conversation_id": conversation_id},
+    }
+
+
+class ChunkWriter:
+    """Builds the SSE lines of one streamed completion."""
+
+    def __init__(self, request_id: str, model: str, created: int):
+        self._head = {"id": request_id, "object": "chat.completion.chunk", "created": created, "model": model}
+
+    def _event(self, choices: list[dict[str, Any]], **extra: Any) -> bytes:
+        return b"data: " + _json.encode({**self._head, "choices": choices, **extra}) + b"\n\n"
+
+    def role(self) -> bytes:
+        return self._event([{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None, "logprobs": None}])
+
+    def delta(self, content: str, reasoning: str) -> bytes:
+        delta: dict[str, Any] = {}
+        if content:
+            delta["content"] = content
+        if reasoning:
+            delta["reasoning_content"] = reasoning
+        return self._event([{"index": 0, "delta": delta, "finish_reason": None, "logprobs": None}])
+
+    def finish(self, reason: str) -> bytes:
+        return self._event([{"index": 0, "delta": {}, "finish_reason": reason, "logprobs": None}])
+
+    def usage(self, usage: Usage) -> bytes:
+        return self._event([], usage=usage_json(usage))
+
+    @staticmethod
+    def error(body: dict[str, Any]) -> bytes:
+        return b"data: " + _json.encode(body) + b"\n\n"
+
+    @staticmethod
+    def done() -> bytes:
+        return b"data: [DONE]\n\n"
+
+    @staticmethod
+    def keep_alive() -> bytes:
+        return b": keep-alive\n\n"

@@ -1,0 +1,63 @@
+"""`GET /v1/models`, `GET /health`, `GET /v1/stats`: what the pool serves and how it is."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse
+
+from ..pool import WorkerPool
+from ..worker_client import WorkerUnavailable
+
+router = APIRouter()
+
+
+@router.get("/v1/models")
+async def list_models(request: Request) -> dict[str, Any]:
+    pool: WorkerPool = request.app.state.pool
+    data = []
+    for model_id, worker in pool.models().items():
+        info = worker.state.info
+        assert info is not None
+        data.append({"id": model_id, "object": "model", "created": info.created, "owned_by": "kmlx"})
+    return {"object": "list", "data": data}
+
+
+@router.get("/health")
+async def health(request: Request) -> JSONResponse:
+    pool: WorkerPool = request.app.state.pool
+    workers = [
+        {
+            "address": w.address,
+            "worker_id": w.worker_id,
+            "ready": w.ready,
+            "state": w.state.reason,
+            "model": w.state.info.model_id if w.state.info else None,
+            "inflight": w.state.inflight,
+        }
+        for w in pool.workers
+    ]
+    if request.app.state.draining:
+        return JSONResponse({"status": "draining", "workers": workers}, status_code=503)
+    if not pool.ready:
+        reason = "; ".join(f"{w['address']}: {w['state']}" for w in workers)
+        return JSONResponse({"status": "unavailable", "reason": f"no worker is ready ({reason})", "workers": workers}, status_code=503)
+    return JSONResponse({"status": "ok", "workers": workers})
+
+
+@router.get("/v1/stats")
+async def stats(request: Request) -> dict[str, Any]:
+    """Each ready worker's own counters (asked through its compute loop)."""
+    pool: WorkerPool = request.app.state.pool
+
+    async def one(w) -> dict[str, Any]:
+        try:
+            reply = await w.call("stats", timeout=5.0)
+            return {"address": w.address, "ready": True, **reply.result}
+        except WorkerUnavailable as exc:
+            return {"address": w.address, "ready": False, "error": str(exc)}
+
+    results = await asyncio.gather(*(one(w) for w in pool.workers))
+    return {"workers": list(results)}

@@ -1,0 +1,256 @@
+"""The gateway's side of one worker connection (asyncio + a ZeroMQ DEALER).
+
+A ``WorkerClient`` connects, handshakes, and then multiplexes every request
+for that worker over one socket: outputs are routed to per-request queues,
+control replies to futures. It watches the link (socket monitor for
+disconnects, pings answered by the worker's compute loop) and, when the
+worker goes away, ends every in-flight request with an error at once so no
+client hangs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+import zmq
+import zmq.asyncio
+from zmq.utils.monitor import recv_monitor_message
+
+from protocol import codec
+from protocol.messages import (
+    PROTOCOL_VERSION,
+    Abort,
+    ChatRequest,
+    ControlCall,
+    ControlReply,
+    ErrorInfo,
+    GoingAway,
+    Hello,
+    RequestOutput,
+    StepOutputs,
+    Usage,
+    WorkerInfo,
+    WorkerLoad,
+)
+
+log = logging.getLogger("kmlx.gateway.worker")
+
+
+class WorkerUnavailable(Exception):
+    """The worker cannot take this call right now (down, or link broken)."""
+
+
+@dataclass
+class WorkerState:
+    ready: bool = False
+    reason: str = "connecting"
+    info: WorkerInfo | None = None
+    load: WorkerLoad = field(default_factory=WorkerLoad)
+    last_seen: float = 0.0
+    inflight: int = 0
+
+
+class WorkerClient:
+    def __init__(self, address: str, *, gateway_id: str, ping_interval: float = 2.0, ping_timeout: float = 30.0):
+        self.address = address
+        self.gateway_id = gateway_id
+        self.ping_interval = ping_interval
+        self.ping_timeout = ping_timeout
+        self.state = WorkerState()
+        self._ctx = zmq.asyncio.Context.instance()
+        self._sock: zmq.asyncio.Socket | None = None
+        self._streams: dict[str, asyncio.Queue[RequestOutput]] = {}
+        self._calls: dict[str, asyncio.Future[ControlReply]] = {}
+        self._tasks: list[asyncio.Task] = []
+        self._call_ids = itertools.count()
+
+    # ------------------------------------------------------------------ #
+    @property
+    def ready(self) -> bool:
+        return self.state.ready
+
+    @property
+    def worker_id(self) -> str:
+        return self.state.info.worker_id if self.state.info else self.address
+
+    async def start(self) -> None:
+        sock = self._ctx.socket(zmq.DEALER)
+        sock.setsockopt(zmq.LINGER, 0)
+        # Only queue messages on a live connection: a request must never be
+        # parked for a worker that may come back minutes later.
+        sock.setsockopt(zmq.IMMEDIATE, 1)
+        sock.setsockopt(zmq.HEARTBEAT_IVL, 2000)
+        sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, 6000)
+        sock.setsockopt(zmq.RECONNECT_IVL, 200)
+        sock.setsockopt(zmq.RECONNECT_IVL_MAX, 2000)
+        sock.setsockopt(zmq.SNDHWM, 0)
+        sock.setsockopt(zmq.RCVHWM, 0)
+        monitor = sock.get_monitor_socket(zmq.EVENT_CONNECTED | zmq.EVENT_DISCONNECTED)
+        sock.connect(self.address)
+        self._sock = sock
+        self._tasks = [
+            asyncio.create_task(self._receive_loop(), name=f"recv {self.address}"),
+            asyncio.create_task(self._monitor_loop(monitor), name=f"monitor {self.address}"),
+            asyncio.create_task(self._liveness_loop(), name=f"liveness {self.address}"),
+        ]
+
+    async def close(self) -> None:
+        for t in self._tasks:
+            t.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._mark_down("gateway shutting down")
+        if self._sock is not None:
+            self._sock.disable_monitor()
+            self._sock.close(linger=0)
+
+    # ------------------------------------------------------------------ #
+    async def submit(self, request: ChatRequest) -> "asyncio.Queue[RequestOutput]":
+        """Send a request; its outputs arrive on the returned queue, ending
+        with one whose ``finish_reason`` is set (errors included)."""
+        if not self.state.ready:
+            raise WorkerUnavailable(self.state.reason)
+        q: asyncio.Queue[RequestOutput] = asyncio.Queue()
+        self._streams[request.request_id] = q
+        try:
+            await self._send(request)
+        except WorkerUnavailable:
+            self._streams.pop(request.request_id, None)
+            raise
+        self.state.inflight += 1
+        return q
+
+    def release(self, request_id: str) -> None:
+        """Forget a finished request (its queue saw the final output)."""
+        if self._streams.pop(request_id, None) is not None:
+            self.state.inflight -= 1
+
+    async def abort(self, request_id: str) -> None:
+        """Ask the worker to stop a request; safe to call for finished ones."""
+        self.release(request_id)
+        try:
+            await self._send(Abort(request_ids=[request_id]))
+        except WorkerUnavailable:
+            pass
+
+    def abort_nowait(self, request_id: str) -> None:
+        """``abort`` for code that must not await (a cancelled response task)."""
+        self.release(request_id)
+        if self._sock is None or not self.state.ready:
+            return
+        # Sent without waiting; if the link is gone the worker aborts orphans itself.
+        fut = self._sock.send(codec.encode(Abort(request_ids=[request_id])), zmq.NOBLOCK)
+        fut.add_done_callback(lambda f: f.cancelled() or f.exception())
+
+    async def call(self, method: str, args: dict[str, Any] | None = None, *, timeout: float = 10.0) -> ControlReply:
+        call_id = f"{self.gateway_id}-{next(self._call_ids)}"
+        fut: asyncio.Future[ControlReply] = asyncio.get_running_loop().create_future()
+        self._calls[call_id] = fut
+        try:
+            await self._send(ControlCall(call_id=call_id, method=method, args=args or {}))  # type: ignore[arg-type]
+            return await asyncio.wait_for(fut, timeout)
+        except asyncio.TimeoutError:
+            raise WorkerUnavailable(f"worker did not answer {method} within {timeout:.0f}s") from None
+        finally:
+            self._calls.pop(call_id, None)
+
+    # ------------------------------------------------------------------ #
+    async def _send(self, msg: Any) -> None:
+        assert self._sock is not None
+        try:
+            await self._sock.send(codec.encode(msg), zmq.NOBLOCK)
+        except zmq.Again:
+            self._mark_down("no connection to the worker")
+            raise WorkerUnavailable("no connection to the worker") from None
+
+    async def _receive_loop(self) -> None:
+        assert self._sock is not None
+        while True:
+            frame = await self._sock.recv()
+            try:
+                msg = codec.decode_from_worker(frame)
+            except codec.DecodeError as exc:
+                log.warning("undecodable message from %s: %s", self.address, exc)
+                continue
+            self.state.last_seen = time.monotonic()
+            if isinstance(msg, StepOutputs):
+                if msg.load is not None:
+                    self.state.load = msg.load
+                for out in msg.outputs:
+                    q = self._streams.get(out.request_id)
+                    if q is not None:
+                        q.put_nowait(out)
+            elif isinstance(msg, ControlReply):
+                fut = self._calls.get(msg.call_id)
+                if fut is not None and not fut.done():
+                    fut.set_result(msg)
+            elif isinstance(msg, WorkerInfo):
+                self._on_info(msg)
+            elif isinstance(msg, GoingAway):
+                log.warning("worker %s is going away: %s", msg.worker_id, msg.reason)
+                self._mark_down(f"worker went away: {msg.reason}")
+
+    def _on_info(self, info: WorkerInfo) -> None:
+        if info.protocol_version != PROTOCOL_VERSION:
+            self._mark_down(f"worker speaks protocol {info.protocol_version}, gateway {PROTOCOL_VERSION}")
+            log.error("refusing worker %s at %s: %s", info.worker_id, self.address, self.state.reason)
+            return
+        if not self.state.ready:
+            log.info("worker %s ready at %s (model %s)", info.worker_id, self.address, info.model_id)
+        self.state.info = info
+        self.state.ready = True
+        self.state.reason = "ready"
+
+    async def _monitor_loop(self, monitor: zmq.asyncio.Socket) -> None:
+        while True:
+            event = await recv_monitor_message(monitor)
+            if event["event"] == zmq.EVENT_CONNECTED:
+                await self._send_hello()
+            elif event["event"] == zmq.EVENT_DISCONNECTED:
+                self._mark_down("connection to the worker lost")
+
+    async def _send_hello(self) -> None:
+        try:
+            await self._send(Hello(protocol_version=PROTOCOL_VERSION, gateway_id=self.gateway_id))
+        except WorkerUnavailable:
+            pass
+
+    async def _liveness_loop(self) -> None:
+        """Ping through the compute loop. One long compute step (a big prefill
+        chunk on a slow machine) delays the answer, so only a worker silent
+        for a whole ``ping_timeout`` is declared hung."""
+        while True:
+            await asyncio.sleep(self.ping_interval)
+            if not self.state.ready:
+                await self._send_hello()
+                continue
+            try:
+                await self.call("ping", timeout=self.ping_timeout)
+            except WorkerUnavailable:
+                if time.monotonic() - self.state.last_seen >= self.ping_timeout:
+                    self._mark_down("worker stopped answering pings")
+
+    def _mark_down(self, reason: str) -> None:
+        was_ready = self.state.ready
+        self.state.ready = False
+        self.state.reason = reason
+        if was_ready:
+            log.warning("worker at %s is down: %s", self.address, reason)
+        # End every in-flight request now: a client must never wait on a dead link.
+        err = ErrorInfo(f"worker unavailable: {reason}", type="server_error", code="worker_unavailable", status=503)
+        for rid, q in list(self._streams.items()):
+            q.put_nowait(RequestOutput(request_id=rid, finish_reason="error", error=err, usage=Usage()))
+        self._streams.clear()
+        self.state.inflight = 0
+        for fut in self._calls.values():
+            if not fut.done():
+                fut.set_exception(WorkerUnavailable(reason))
+
+
+def new_gateway_id() -> str:
+    return f"gw-{uuid.uuid4().hex[:8]}"

@@ -1,0 +1,206 @@
+"""The compute loop: the only code that touches MLX after start-up.
+
+Each turn of the loop drains the inbox (new requests, aborts, control calls,
+vanished gateways), runs one scheduler step, and sends that step's outputs
+batched per gateway: one message per step per gateway, not one per token.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import time
+from collections import defaultdict
+from typing import Any, Callable
+
+from protocol.messages import (
+    Abort,
+    ChatRequest,
+    ControlCall,
+    ControlReply,
+    ErrorInfo,
+    RequestOutput,
+    StepOutputs,
+    WorkerLoad,
+)
+
+from .scheduler import Scheduler
+from .sequence import rejection
+from .transport import GatewayGone, Incoming, Transport
+
+log = logging.getLogger("kmlx.worker.engine")
+
+ControlHandler = Callable[[dict[str, Any]], dict[str, Any]]
+
+
+class Engine:
+    def __init__(self, scheduler: Scheduler, transport: Transport, inbox: "queue.Queue[Incoming | GatewayGone]"):
+        self.scheduler = scheduler
+        self.transport = transport
+        self.inbox = inbox
+        self.started = time.time()
+        self._stop = False
+        self._draining = False
+        self._pending: dict[bytes, list[RequestOutput]] = defaultdict(list)
+        self._owner: dict[str, bytes] = {}  # request id -> gateway
+        # Whitelisted control calls; later features register theirs here.
+        self.controls: dict[str, ControlHandler] = {
+            "ping": lambda _args: {"pong": True, "steps": self.scheduler.counters.steps},
+            "stats": lambda _args: self.stats(),
+        }
+
+    # ------------------------------------------------------------------ #
+    def run(self) -> None:
+        while not self._stop:
+            self._drain_inbox(block=not self.scheduler.has_work)
+            if self.scheduler.has_work:
+                try:
+                    outputs = self.scheduler.step()
+                except Exception as exc:  # a model failure must not hang every client
+                    log.exception("compute step failed")
+                    outputs = self._fail_all(f"the worker failed while generating: {exc}")
+                for out in outputs:
+                    self._queue(out)
+                self._expire_deadlines()
+            self._flush()
+            if self._draining and not self.scheduler.has_work:
+                return
+
+    def stop(self, *, drain: bool) -> None:
+        """Called from a signal handler: finish running work first if ``drain``."""
+        if drain:
+            self._draining = True
+            self.inbox.put(Incoming(b"", Abort(request_ids=[])))  # wake the loop
+        else:
+            self._stop = True
+            self.inbox.put(Incoming(b"", Abort(request_ids=[])))
+
+    @property
+    def draining(self) -> bool:
+        return self._draining
+
+    def abort_all(self) -> None:
+        """End every request still open (shutdown): each gets its final output."""
+        for rid in list(self._owner):
+            out = self.scheduler.abort(rid)
+            if out is not None:
+                self._queue(out)
+        self._flush()
+
+    def stats(self) -> dict[str, Any]:
+        c = self.scheduler.counters
+        return {
+            "worker_id": self.transport.info.worker_id,
+            "model": self.transport.info.model_id,
+            "uptime_seconds": round(time.time() - self.started, 1),
+            "running": self.scheduler.running,
+            "waiting": self.scheduler.waiting,
+            "kv_tokens": self.scheduler.kv_tokens(),
+            "admitted": c.admitted,
+            "rejected": c.rejected,
+            "finished": c.finished,
+            "aborted": c.aborted,
+            "errors": c.errors,
+            "prompt_tokens": c.prompt_tokens,
+            "generation_tokens": c.generation_tokens,
+            "steps": c.steps,
+            "draining": self._draining,
+        }
+
+    # ------------------------------------------------------------------ #
+    def _drain_inbox(self, *, block: bool) -> None:
+        try:
+            item = self.inbox.get(timeout=0.5) if block else self.inbox.get_nowait()
+        except queue.Empty:
+            return
+        while True:
+            self._handle(item)
+            try:
+                item = self.inbox.get_nowait()
+            except queue.Empty:
+                return
+
+    def _handle(self, item: "Incoming | GatewayGone") -> None:
+        if isinstance(item, GatewayGone):
+            orphans = self.scheduler.sequences_of(item.client)
+            if orphans:
+                log.info("gateway went away: aborting %d orphaned request(s)", len(orphans))
+            for rid in orphans:
+                self.scheduler.abort(rid)
+                self._owner.pop(rid, None)
+            self._pending.pop(item.client, None)
+            return
+        msg, client = item.message, item.client
+        if isinstance(msg, ChatRequest):
+            if self._draining:
+                err = ErrorInfo("worker is shutting down", type="overloaded_error", code="shutting_down", status=503)
+                self._send_now(client, StepOutputs(outputs=[rejection(msg.request_id, err)], load=self._load()))
+                return
+            if msg.request_id in self._owner:
+                err = ErrorInfo(f"duplicate request id {msg.request_id}", code="duplicate_id")
+                self._send_now(client, StepOutputs(outputs=[rejection(msg.request_id, err)], load=self._load()))
+                return
+            self._owner[msg.request_id] = client
+            self._queue(self.scheduler.admit(client, msg))
+        elif isinstance(msg, Abort):
+            for rid in msg.request_ids:
+                out = self.scheduler.abort(rid)
+                if out is not None:
+                    self._queue(out)
+        elif isinstance(msg, ControlCall):
+            self._send_now(client, self._control(msg))
+
+    def _control(self, call: ControlCall) -> ControlReply:
+        handler = self.controls.get(call.method)
+        if handler is None:
+            return ControlReply(call.call_id, ok=False, error=ErrorInfo(f"unknown control call {call.method}", status=404))
+        try:
+            return ControlReply(call.call_id, result=handler(call.args))
+        except LookupError as exc:
+            return ControlReply(call.call_id, ok=False, error=ErrorInfo(str(exc), status=404))
+        except ValueError as exc:
+            return ControlReply(call.call_id, ok=False, error=ErrorInfo(str(exc), status=400))
+        except Exception as exc:
+            log.exception("control call %s failed", call.method)
+            return ControlReply(call.call_id, ok=False, error=ErrorInfo(str(exc), type="server_error", status=500))
+
+    def _expire_deadlines(self) -> None:
+        for rid in self.scheduler.expired(time.time()):
+            err = ErrorInfo("request deadline exceeded", type="timeout_error", code="deadline_exceeded", status=504)
+            out = self.scheduler.abort(rid, error=err)
+            if out is not None:
+                self._queue(out)
+
+    def _fail_all(self, message: str) -> list[RequestOutput]:
+        err = ErrorInfo(message, type="server_error", code="worker_error", status=500)
+        outs = []
+        for rid in list(self._owner):
+            out = self.scheduler.abort(rid, error=err)
+            if out is not None:
+                outs.append(out)
+        return outs
+
+    # ------------------------------------------------------------------ #
+    def _queue(self, out: RequestOutput) -> None:
+        client = self._owner.get(out.request_id)
+        if client is None:
+            return
+        if out.finish_reason is not None:
+            del self._owner[out.request_id]
+        self._pending[client].append(out)
+
+    def _flush(self) -> None:
+        if not self._pending:
+            return
+        load = self._load()
+        for client, outs in self._pending.items():
+            if outs:
+                self.transport.send(client, StepOutputs(outputs=outs, load=load))
+        self._pending.clear()
+
+    def _send_now(self, client: bytes, msg: Any) -> None:
+        self.transport.send(client, msg)
+
+    def _load(self) -> WorkerLoad:
+        s = self.scheduler
+        return WorkerLoad(running=s.running, waiting=s.waiting, kv_tokens=s.kv_tokens(), steps=s.counters.steps)

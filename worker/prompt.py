@@ -1,0 +1,82 @@
+"""Chat messages -> prompt token ids, through the model's own chat template."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from .text_stream import THINK_OPEN
+
+
+class PromptError(ValueError):
+    """The request cannot be rendered; the message is shown to the client."""
+
+    def __init__(self, message: str, *, param: str | None = "messages", code: str | None = None):
+        super().__init__(message)
+        self.param = param
+        self.code = code
+
+
+@dataclass(frozen=True)
+class Prompt:
+    token_ids: list[int]
+    starts_in_reasoning: bool  # the template opened <think> for the model
+
+
+def _text_of(content: Any, *, model_id: str, index: int) -> str:
+    """Flatten OpenAI content (a string or a list of parts) for a text model."""
+    if content is None:
+        return ""
+    if isinstance(content, str):
+        return content
+    texts: list[str] = []
+    for part in content:
+        kind = part.get("type")
+        if kind == "text":
+            texts.append(part.get("text", ""))
+        elif kind in ("image_url", "input_image", "video_url"):
+            raise PromptError(
+                f"model {model_id} does not accept images or video (messages[{index}])",
+                param=f"messages[{index}].content",
+                code="unsupported_content",
+            )
+    return "\n".join(texts)
+
+
+def normalise_messages(messages: list[dict[str, Any]], *, model_id: str) -> list[dict[str, Any]]:
+    """What the template sees: string contents, and ``developer`` as ``system``."""
+    out: list[dict[str, Any]] = []
+    for i, m in enumerate(messages):
+        role = "system" if m["role"] == "developer" else m["role"]
+        msg: dict[str, Any] = {"role": role, "content": _text_of(m.get("content"), model_id=model_id, index=i)}
+        for key in ("name", "tool_calls", "tool_call_id"):
+            if m.get(key) is not None:
+                msg[key] = m[key]
+        out.append(msg)
+    return out
+
+
+def render_prompt(
+    tokenizer: Any,
+    messages: list[dict[str, Any]],
+    *,
+    model_id: str,
+    tools: list[dict[str, Any]] | None = None,
+) -> Prompt:
+    chat = normalise_messages(messages, model_id=model_id)
+    kwargs: dict[str, Any] = {"add_generation_prompt": chat[-1]["role"] != "assistant"}
+    if chat[-1]["role"] == "assistant":
+        kwargs["continue_final_message"] = True
+    if tools:
+        kwargs["tools"] = tools
+    try:
+        text = tokenizer.apply_chat_template(chat, tokenize=False, **kwargs)
+    except Exception as exc:  # jinja raises whatever the template author chose
+        raise PromptError(f"the chat template rejected these messages: {exc}") from None
+    ids = tokenizer.encode(text, add_special_tokens=False)
+    if not ids:
+        raise PromptError("the rendered prompt is empty")
+    # Templates such as Qwen3's open the block in the generation prompt; the
+    # model's output then only ever shows the closing tag.
+    opened = text.rstrip().endswith(THINK_OPEN)
+    return Prompt(token_ids=list(ids), starts_in_reasoning=opened)

@@ -1,0 +1,209 @@
+"""Continuous batching: admit requests, step the batch, turn tokens into outputs.
+
+Built on mlx-lm's ``BatchGenerator``: requests join and leave the running
+batch between steps, and a long prompt is prefilled in chunks of
+``prefill_chunk`` tokens interleaved with decode steps, so one big prompt
+never freezes the streams already running. Runs on the compute thread only.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from mlx_lm.generate import BatchGenerator
+
+from protocol.messages import CacheInfo, ChatRequest, ErrorInfo, RequestOutput
+
+from .prompt import PromptError, render_prompt
+from .sampling import make_logits_processors, make_sampler
+from .sequence import Sequence, rejection
+from .text_stream import TextStream
+
+
+@dataclass
+class SchedulerLimits:
+    max_running: int = 16  # sequences decoding together
+    max_waiting: int = 64  # admitted but not yet running
+    prefill_chunk: int = 512  # prompt tokens per step and sequence
+    default_max_tokens: int | None = None  # None: up to the context length
+
+
+@dataclass
+class SchedulerCounters:
+    admitted: int = 0
+    rejected: int = 0
+    finished: int = 0
+    aborted: int = 0
+    errors: int = 0
+    prompt_tokens: int = 0
+    generation_tokens: int = 0
+    steps: int = 0
+
+
+class Scheduler:
+    def __init__(self, model: Any, tokenizer: Any, *, model_id: str, context_length: int, limits: SchedulerLimits):
+        self.tokenizer = tokenizer
+        self.model_id = model_id
+        self.context_length = context_length
+        self.limits = limits
+        self.counters = SchedulerCounters()
+        eos = sorted(tokenizer.eos_token_ids)
+        self._batch = BatchGenerator(
+            model,
+            stop_tokens=[[t] for t in eos],
+            completion_batch_size=limits.max_running,
+            prefill_batch_size=min(limits.max_running, 8),
+            prefill_step_size=limits.prefill_chunk,
+        )
+        self._eos = set(eos)
+        self._by_uid: dict[int, Sequence] = {}
+        self._by_id: dict[str, Sequence] = {}
+
+    # ------------------------------------------------------------------ #
+    @property
+    def running(self) -> int:
+        return sum(1 for s in self._by_uid.values() if s.first_token_at is not None)
+
+    @property
+    def waiting(self) -> int:
+        return len(self._by_uid) - self.running
+
+    @property
+    def has_work(self) -> bool:
+        return bool(self._by_uid)
+
+    def kv_tokens(self) -> int:
+        return sum(len(s.prompt.token_ids) + s.completion_tokens for s in self._by_uid.values())
+
+    def sequences_of(self, client: bytes) -> list[str]:
+        return [s.request_id for s in self._by_id.values() if s.client == client]
+
+    # ------------------------------------------------------------------ #
+    def admit(self, client: bytes, req: ChatRequest) -> RequestOutput:
+        """Queue a request. Returns its first output: the cache decision, or
+        (with ``finish_reason="error"``) why it was refused."""
+        if self.waiting >= self.limits.max_waiting:
+            self.counters.rejected += 1
+            return rejection(
+                req.request_id,
+                ErrorInfo("worker queue is full, retry shortly", type="overloaded_error", code="queue_full", status=503),
+            )
+        try:
+            prompt = render_prompt(self.tokenizer, req.messages, model_id=self.model_id, tools=req.tools)
+        except PromptError as exc:
+            self.counters.rejected += 1
+            return rejection(req.request_id, ErrorInfo(str(exc), param=exc.param, code=exc.code))
+
+        n_prompt = len(prompt.token_ids)
+        room = self.context_length - n_prompt
+        if room <= 0:
+            self.counters.rejected += 1
+            return rejection(
+                req.request_id,
+                ErrorInfo(
+                    f"this model's maximum context length is {self.context_length} tokens; "
+                    f"the messages are {n_prompt} tokens",
+                    param="messages",
+                    code="context_length_exceeded",
+                ),
+            )
+        wanted = req.sampling.max_tokens or self.limits.default_max_tokens or room
+        max_tokens = max(1, min(wanted, room))
+
+        seq = Sequence(
+            request=req,
+            client=client,
+            prompt=prompt,
+            detokenizer=self.tokenizer.detokenizer,
+            text=TextStream.create(
+                req.sampling.stop, strip_thinking=req.strip_thinking, starts_in_reasoning=prompt.starts_in_reasoning
+            ),
+            max_tokens=max_tokens,
+            cache=CacheInfo(mode="disabled", cached_tokens=0, processing_tokens=n_prompt),
+        )
+        (uid,) = self._batch.insert(
+            [prompt.token_ids],
+            max_tokens=[max_tokens],
+            samplers=[make_sampler(req.sampling)],
+            logits_processors=[make_logits_processors(req.sampling)],
+        )
+        seq.uid = uid
+        self._by_uid[uid] = seq
+        self._by_id[req.request_id] = seq
+        self.counters.admitted += 1
+        self.counters.prompt_tokens += n_prompt
+        # Announce the cache decision now, so the gateway can send response
+        # headers before a long prefill finishes.
+        return seq.output()
+
+    def abort(self, request_id: str, *, error: ErrorInfo | None = None) -> RequestOutput | None:
+        """Remove a request wherever it is; idempotent."""
+        seq = self._by_id.get(request_id)
+        if seq is None:
+            return None
+        self._batch.remove([seq.uid])
+        self.counters.aborted += error is None
+        self.counters.errors += error is not None
+        return self._retire(seq, "error" if error else "abort", error=error)
+
+    def expired(self, now: float) -> list[str]:
+        return [s.request_id for s in self._by_id.values() if s.request.deadline and s.request.deadline < now]
+
+    # ------------------------------------------------------------------ #
+    def step(self) -> list[RequestOutput]:
+        """One decode step for the running batch plus one prefill chunk."""
+        prompt_responses, gen_responses = self._batch.next()
+        self.counters.steps += 1
+        now = time.perf_counter()
+        outputs: list[RequestOutput] = []
+        for p in prompt_responses:
+            seq = self._by_uid.get(p.uid)
+            if seq is not None and seq.prefill_started is None:
+                seq.prefill_started = now
+        stopped_early: list[int] = []
+        for r in gen_responses:
+            seq = self._by_uid.get(r.uid)
+            if seq is None:
+                continue
+            out = self._on_token(seq, r.token, r.finish_reason, now)
+            if out is not None:
+                outputs.append(out)
+            if seq.finished and r.finish_reason is None:
+                stopped_early.append(r.uid)  # a stop string: still in the batch
+        if stopped_early:
+            self._batch.remove(stopped_early)
+        return outputs
+
+    def _on_token(self, seq: Sequence, token: int, finish: str | None, now: float) -> RequestOutput | None:
+        if seq.first_token_at is None:
+            seq.first_token_at = now
+            seq.prefill_started = seq.prefill_started or now
+        seq.last_token_at = now
+        seq.completion_tokens += 1
+        self.counters.generation_tokens += 1
+        if not (finish == "stop" and token in self._eos):
+            seq.detokenizer.add_token(token)
+        if finish is not None:
+            seq.detokenizer.finalize()
+        content, reasoning = seq.text.feed(seq.detokenizer.last_segment)
+        if seq.text.stopped:
+            finish = "stop"
+        if finish is None:
+            if content or reasoning or not seq.started_sent:
+                return seq.output(content, reasoning, tokens=1)
+            return None
+        tail_c, tail_r = seq.text.finish()
+        reason = "stop" if finish == "stop" else "length"
+        return self._retire(seq, reason, content + tail_c, reasoning + tail_r)
+
+    def _retire(self, seq: Sequence, reason: str, content: str = "", reasoning: str = "", error: ErrorInfo | None = None) -> RequestOutput:
+        self._by_uid.pop(seq.uid, None)
+        self._by_id.pop(seq.request_id, None)
+        self.counters.finished += 1
+        return seq.final(reason, content, reasoning, error=error)  # type: ignore[arg-type]
+
+    def close(self) -> None:
+        self._batch.close()
+

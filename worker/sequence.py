@@ -1,0 +1,82 @@
+"""One admitted request as the worker tracks it, from prompt to final output."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from protocol.messages import CacheInfo, ChatRequest, ErrorInfo, FinishReason, RequestOutput, Usage
+
+from .prompt import Prompt
+from .text_stream import TextStream
+
+
+@dataclass
+class Sequence:
+    request: ChatRequest
+    client: bytes  # ZeroMQ identity of the gateway that sent it
+    prompt: Prompt
+    detokenizer: Any
+    text: TextStream
+    max_tokens: int
+    cache: CacheInfo
+    uid: int = -1  # BatchGenerator uid once inserted
+    arrived: float = field(default_factory=time.perf_counter)
+    prefill_started: float | None = None
+    first_token_at: float | None = None
+    last_token_at: float | None = None
+    completion_tokens: int = 0
+    started_sent: bool = False
+    finished: bool = False
+
+    @property
+    def request_id(self) -> str:
+        return self.request.request_id
+
+    def output(self, content: str = "", reasoning: str = "", tokens: int = 0) -> RequestOutput:
+        """An output for this step; the first one also announces the cache decision."""
+        out = RequestOutput(request_id=self.request_id, content=content, reasoning=reasoning, tokens=tokens)
+        if not self.started_sent:
+            out.started = self.cache
+            out.prompt_tokens = len(self.prompt.token_ids)
+            self.started_sent = True
+        return out
+
+    def final(
+        self,
+        reason: FinishReason,
+        content: str = "",
+        reasoning: str = "",
+        tokens: int = 0,
+        error: ErrorInfo | None = None,
+    ) -> RequestOutput:
+        """The last output of a request. Every request ends through here."""
+        self.finished = True
+        out = self.output(content, reasoning, tokens)
+        out.finish_reason = reason
+        out.error = error
+        out.usage = self.usage()
+        return out
+
+    def usage(self) -> Usage:
+        first = self.first_token_at
+        return Usage(
+            prompt_tokens=len(self.prompt.token_ids),
+            completion_tokens=self.completion_tokens,
+            cached_tokens=self.cache.cached_tokens,
+            ttft_seconds=(first - self.arrived) if first else 0.0,
+            decode_seconds=(self.last_token_at - first) if first and self.last_token_at else 0.0,
+            queue_seconds=((self.prefill_started or time.perf_counter()) - self.arrived),
+        )
+
+
+def rejection(request_id: str, error: ErrorInfo) -> RequestOutput:
+    """The only output of a request refused at admission."""
+    return RequestOutput(
+        request_id=request_id,
+        started=CacheInfo(mode="none"),
+        finish_reason="error",
+        error=error,
+        usage=Usage(),
+    )

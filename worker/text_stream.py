@@ -1,0 +1,126 @@
+"""Turning a request's decoded text into what the client sees.
+
+Two small filters, composed per request:
+
+* ``StopFilter`` finds stop strings in the raw text, even when one is split
+  across tokens, and never lets any part of a stop string through.
+* ``ThinkSplitter`` separates ``<think>…</think>`` reasoning from the answer,
+  also across token boundaries, so it can be returned as ``reasoning_content``
+  or dropped (``strip_thinking``).
+
+Both hold back only the shortest tail that could still become a tag, so text
+reaches the client as early as possible. Pure Python: unit-tested on its own.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+THINK_OPEN = "<think>"
+THINK_CLOSE = "</think>"
+
+
+def _partial_suffix(text: str, needles: list[str]) -> int:
+    """Length of the longest suffix of ``text`` that is a proper prefix of a needle."""
+    best = 0
+    for needle in needles:
+        for n in range(min(len(needle) - 1, len(text)), best, -1):
+            if text.endswith(needle[:n]):
+                best = n
+                break
+    return best
+
+
+@dataclass
+class StopFilter:
+    stops: list[str]
+    _held: str = ""
+    stopped: bool = False
+
+    def feed(self, text: str) -> str:
+        """Return the text that is safe to emit; sets ``stopped`` on a match."""
+        if self.stopped:
+            return ""
+        if not self.stops:
+            return text
+        buf = self._held + text
+        hits = [(buf.find(s), s) for s in self.stops if s and s in buf]
+        if hits:
+            self.stopped = True
+            self._held = ""
+            return buf[: min(i for i, _ in hits)]
+        keep = _partial_suffix(buf, self.stops)
+        self._held = buf[len(buf) - keep :] if keep else ""
+        return buf[: len(buf) - keep]
+
+    def flush(self) -> str:
+        """At the end of generation a held partial match is ordinary text."""
+        out, self._held = ("" if self.stopped else self._held), ""
+        return out
+
+
+@dataclass
+class ThinkSplitter:
+    """Routes text to ``content`` or ``reasoning``.
+
+    ``in_reasoning`` starts True when the chat template already opened a
+    ``<think>`` block in the prompt (the output then only shows ``</think>``).
+    """
+
+    in_reasoning: bool = False
+    _held: str = ""
+    content: list[str] = field(default_factory=list)
+    reasoning: list[str] = field(default_factory=list)
+
+    def feed(self, text: str) -> tuple[str, str]:
+        buf = self._held + text
+        self._held = ""
+        content: list[str] = []
+        reasoning: list[str] = []
+        while buf:
+            tag = THINK_CLOSE if self.in_reasoning else THINK_OPEN
+            sink = reasoning if self.in_reasoning else content
+            i = buf.find(tag)
+            if i >= 0:
+                sink.append(buf[:i])
+                buf = buf[i + len(tag) :]
+                self.in_reasoning = not self.in_reasoning
+                continue
+            keep = _partial_suffix(buf, [tag])
+            sink.append(buf[: len(buf) - keep])
+            self._held = buf[len(buf) - keep :]
+            break
+        return "".join(content), "".join(reasoning)
+
+    def flush(self) -> tuple[str, str]:
+        held, self._held = self._held, ""
+        return ("", held) if self.in_reasoning else (held, "")
+
+
+@dataclass
+class TextStream:
+    """Raw decoded text in; (content, reasoning) deltas out."""
+
+    stop: StopFilter
+    think: ThinkSplitter
+    strip_thinking: bool = False
+
+    @classmethod
+    def create(cls, stops: list[str], *, strip_thinking: bool, starts_in_reasoning: bool) -> "TextStream":
+        return cls(StopFilter(list(stops)), ThinkSplitter(starts_in_reasoning), strip_thinking)
+
+    @property
+    def stopped(self) -> bool:
+        return self.stop.stopped
+
+    def feed(self, text: str) -> tuple[str, str]:
+        return self._route(self.think.feed(self.stop.feed(text)))
+
+    def finish(self) -> tuple[str, str]:
+        c1, r1 = self.think.feed(self.stop.flush())
+        c2, r2 = self.think.flush()
+        return self._route((c1 + c2, r1 + r2))
+
+    def _route(self, parts: tuple[str, str]) -> tuple[str, str]:
+        content, reasoning = parts
+        return (content, "") if self.strip_thinking else (content, reasoning)
