@@ -1,0 +1,133 @@
+"""Terminal rendering for the REPL (rich).
+
+Tokens are written raw as they arrive -- one write and flush per chunk, no
+layout work -- so rendering never slows the stream. When the answer is done
+and it fits on the screen, it is redrawn once as Markdown (optional).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+
+from rich.console import Console
+from rich.markdown import Markdown
+from rich.style import Style
+from rich.text import Text
+
+# C0 controls other than tab/newline (and DEL): a model must not be able to
+# move the cursor or retitle the terminal by printing escape sequences.
+_CONTROL = {c: None for c in [*range(0, 9), *range(11, 32), 127]}
+
+_MARKDOWN_HINTS = re.compile(
+    r"(^#{1,6}\s|\*\*|__|`|^\s*[-*+]\s|^\s*\d+\.\s|^>\s|\|.*\||\[[^\]]+\]\([^)]+\))",
+    re.MULTILINE,
+)
+
+
+def sanitize(text: str) -> str:
+    return text.translate(_CONTROL)
+
+
+def looks_like_markdown(text: str) -> bool:
+    return bool(_MARKDOWN_HINTS.search(text))
+
+
+def rows_used(text: str, width: int) -> int:
+    """Terminal rows `text` occupies when printed from column 0 at `width`
+    (a line of exactly `width` cells leaves the cursor on its own row)."""
+    from rich.cells import cell_len
+
+    width = max(1, width)
+    return sum(max(1, math.ceil(cell_len(line.expandtabs(8)) / width)) for line in text.split("\n"))
+
+
+class TerminalRenderer:
+    """The REPL's sink: raw streaming, dimmed reasoning, notices and stats."""
+
+    def __init__(self, console: Console, *, show_reasoning: bool = True, markdown: bool = True) -> None:
+        self.console = console
+        self.show_reasoning = show_reasoning
+        self.markdown = markdown
+        self._dim = Style(dim=True)
+        self._begin_turn()
+
+    def _begin_turn(self) -> None:
+        self._written = ""  # everything written raw this turn, for the redraw
+        self._reasoning = ""
+        self._content = ""
+        self._in_reasoning = False
+
+    # -- raw output ------------------------------------------------------- #
+
+    def _write(self, text: str, dim: bool = False) -> None:
+        if not text:
+            return
+        self._written += text
+        out = self._dim.render(text, color_system=self.console.color_system) if dim else text
+        self.console.file.write(out)
+        self.console.file.flush()
+
+    # -- Sink ----------------------------------------------------------------- #
+
+    def reasoning(self, text: str) -> None:
+        text = sanitize(text)
+        self._reasoning += text
+        if self.show_reasoning:
+            if not self._in_reasoning and not self._written:
+                text = text.lstrip("\n")
+            self._in_reasoning = True
+            self._write(text, dim=True)
+
+    def content(self, text: str) -> None:
+        text = sanitize(text)
+        if not self._content:
+            text = text.lstrip("\n") if self._reasoning else text
+            if self._in_reasoning:
+                # Separate the thinking from the answer by one blank line.
+                trailing = len(self._written) - len(self._written.rstrip("\n"))
+                self._write("\n" * max(0, 2 - trailing))
+                self._in_reasoning = False
+        self._content += text
+        self._write(text)
+
+    # -- turn boundaries --------------------------------------------------- #
+
+    def start(self) -> None:
+        self._begin_turn()
+
+    def finish(self, redraw: bool = True) -> None:
+        """End the answer on its own line; redraw it as Markdown if wanted."""
+        if redraw and self._can_redraw():
+            self._redraw()
+        elif self._written and not self._written.endswith("\n"):
+            self._write("\n")
+        self._begin_turn()
+
+    def _can_redraw(self) -> bool:
+        c = self.console
+        if not (self.markdown and c.is_terminal and c.color_system and self._content):
+            return False
+        if not looks_like_markdown(self._content):
+            return False  # nothing would change; avoid a flicker
+        # Only what is still on screen can be erased; scrollback cannot.
+        return rows_used(self._written, c.width) < c.height - 1
+
+    def _redraw(self) -> None:
+        up = rows_used(self._written, self.console.width) - 1
+        self.console.file.write("\r" + (f"\x1b[{up}A" if up > 0 else "") + "\x1b[J")
+        if self.show_reasoning and self._reasoning.strip():
+            self.console.print(Text(self._reasoning.strip(), style="dim"))
+            self.console.print()
+        self.console.print(Markdown(self._content))
+
+    # -- messages between turns ---------------------------------------------- #
+
+    def notice(self, text: str) -> None:
+        self.console.print(Text(text, style="dim"))
+
+    def stats(self, text: str) -> None:
+        self.console.print(Text(text, style="dim cyan"))
+
+    def error(self, text: str) -> None:
+        self.console.print(Text(text, style="bold red"))
