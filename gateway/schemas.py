@@ -149,7 +149,9 @@ def parse_chat_request(raw: bytes) -> ChatCompletionRequest:
     try:
         return ChatCompletionRequest.model_validate(data)
     except ValidationError as exc:
-        err = exc.errors()[0]
+        # For unions pydantic reports every branch; the deepest location is
+        # the one that names what is actually wrong.
+        err = max(exc.errors(), key=lambda e: len(e.get("loc", ())))
         loc = [str(p) for p in err.get("loc", ())]
         param = _param_path(loc)
         msg = err.get("msg", "invalid value").removeprefix("Value error, ")
