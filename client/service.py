@@ -196,7 +196,8 @@ class Actions:
         self.dry_run = dry_run
 
     def run(self, cmd: list[str], check: bool = True, quiet: bool = False) -> subprocess.CompletedProcess[str]:
-        typer.echo("+ " + " ".join(cmd))
+        if self.dry_run or not quiet:  # quiet: housekeeping and queries, shown only in a dry run
+            typer.echo("+ " + " ".join(cmd))
         if self.dry_run:
             return subprocess.CompletedProcess(cmd, 0, "", "")
         try:
