@@ -258,7 +258,7 @@ def _check_root(system: bool, dry_run: bool) -> None:
 @service_app.command()
 def render(
     model: ModelOpt = None, name: NameOpt = None, worker_port: WorkerPortOpt = None,
-    gateway_port: GatewayPortOpt = 8000, host: HostOpt = "127.0.0.1", no_gateway: NoGatewayOpt = False,
+    gateway_port: GatewayPortOpt = 18000, host: HostOpt = "127.0.0.1", no_gateway: NoGatewayOpt = False,
     log_dir: LogDirOpt = None, workdir: WorkdirOpt = None, bin_dir: BinDirOpt = None, env: EnvOpt = None,
     cache_dir: CacheDirOpt = None, drain_timeout: DrainOpt = 30, system: SystemOpt = False,
     user: UserOpt = None, platform: PlatformOpt = None,
@@ -283,7 +283,7 @@ def render(
 @service_app.command()
 def install(
     model: ModelOpt = None, name: NameOpt = None, worker_port: WorkerPortOpt = None,
-    gateway_port: GatewayPortOpt = 8000, host: HostOpt = "127.0.0.1", no_gateway: NoGatewayOpt = False,
+    gateway_port: GatewayPortOpt = 18000, host: HostOpt = "127.0.0.1", no_gateway: NoGatewayOpt = False,
     log_dir: LogDirOpt = None, workdir: WorkdirOpt = None, bin_dir: BinDirOpt = None, env: EnvOpt = None,
     cache_dir: CacheDirOpt = None, drain_timeout: DrainOpt = 30, system: SystemOpt = False,
     user: UserOpt = None, platform: PlatformOpt = None, dry_run: DryRunOpt = False,

@@ -52,7 +52,7 @@ class ServiceConfig:
     # launchd needs files to log to; for systemd None means "the journal".
     log_dir: str | None
     host: str = "127.0.0.1"
-    gateway_port: int = 8000
+    gateway_port: int = 18000  # the gateway's and `kmlx chat`'s default
     gateway: bool = True  # False: workers only (gateway runs elsewhere)
     env: tuple[tuple[str, str], ...] = ()  # applied to every service
     cache_dir: str | None = None  # KMLX_CACHE_DIR for workers
@@ -150,7 +150,9 @@ def _check_value(what: str, value: str) -> None:
 
 
 def worker_args(cfg: ServiceConfig, w: WorkerSpec) -> list[str]:
-    return [cfg.worker_exe, "-m", w.model, "--bind", worker_endpoint(w.port), "--name", w.name]
+    # The worker's own drain timeout must match the one ExitTimeOut is sized for.
+    return [cfg.worker_exe, "-m", w.model, "--bind", worker_endpoint(w.port), "--name", w.name,
+            "--drain-timeout", str(cfg.drain_timeout)]
 
 
 def gateway_args(cfg: ServiceConfig) -> list[str]:
@@ -295,6 +297,7 @@ def systemd_worker_template(cfg: ServiceConfig) -> str:
     exec_start = " ".join([
         sd_literal(cfg.worker_exe), "-m", "${KMLX_WORKER_MODEL}",
         "--bind", "tcp://127.0.0.1:${KMLX_WORKER_PORT}", "--name", "%i",
+        "--drain-timeout", str(cfg.drain_timeout),
     ])
     lines = _sd_unit_head(cfg, "kmlx MLX worker %i") + [""]
     # %E is ~/.config for user units and /etc for system units.

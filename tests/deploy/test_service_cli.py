@@ -120,7 +120,7 @@ def test_render_several_workers_with_env(tmp_path: Path) -> None:
                                           "--worker", "tcp://127.0.0.1:6002", "--drain-timeout", "10"]
     two = plistlib.loads((tmp_path / "o/com.kmlx.worker.two.plist").read_bytes())
     assert two["ProgramArguments"] == ["/opt/kmlx/bin/kmlx-worker", "-m", "b/two", "--bind", "tcp://127.0.0.1:6002",
-                                       "--name", "two"]
+                                       "--name", "two", "--drain-timeout", "10"]
     assert two["EnvironmentVariables"]["X"] == "a=b"
     assert two["EnvironmentVariables"]["KMLX_CACHE_DIR"] == str(tmp_path / "c")
     assert two["StandardOutPath"] == str(tmp_path / "logs/worker-two.log")

@@ -145,7 +145,7 @@ def test_launchd_worker_and_gateway_arguments() -> None:
     jobs = {f.label: plistlib.loads(f.content.encode()) for f in sr.render(cfg, "launchd")}
     qwen = jobs["com.kmlx.worker.qwen"]
     assert qwen["ProgramArguments"] == [f"{BIN}/kmlx-worker", "-m", "mlx-community/Qwen2.5-7B-Instruct-4bit",
-                                        "--bind", "tcp://127.0.0.1:5555", "--name", "qwen"]
+                                        "--bind", "tcp://127.0.0.1:5555", "--name", "qwen", "--drain-timeout", "45"]
     assert qwen["EnvironmentVariables"]["KMLX_CACHE_DIR"] == "/Users/me/cache"
     assert qwen["StandardOutPath"] == "/Users/me/Library/Logs/kmlx/worker-qwen.log"
     assert qwen["StandardErrorPath"] == "/Users/me/Library/Logs/kmlx/worker-qwen.err.log"
@@ -153,7 +153,7 @@ def test_launchd_worker_and_gateway_arguments() -> None:
     local = jobs["com.kmlx.worker.local"]
     assert local["ProgramArguments"][2] == "/Users/me/My Models/50% model"  # no quoting needed in a plist
     gw = jobs["com.kmlx.gateway"]
-    assert gw["ProgramArguments"] == [f"{BIN}/kmlx-gateway", "--host", "127.0.0.1", "--port", "8000",
+    assert gw["ProgramArguments"] == [f"{BIN}/kmlx-gateway", "--host", "127.0.0.1", "--port", "18000",
                                       "--worker", "tcp://127.0.0.1:5555", "--worker", "tcp://127.0.0.1:5600",
                                       "--drain-timeout", "45"]
     assert "KMLX_CACHE_DIR" not in gw["EnvironmentVariables"]
