@@ -310,8 +310,9 @@ def _install_launchd(act: Actions, files: list[sr.RenderedFile], target: Path, s
     domain = _launchd_domain(system)
     keep = {f.label for f in files}
     for label in _installed("launchd", {"launchd": target}):
-        # A worker left over from a previous install: the new gateway doesn't know it.
-        if label not in keep and (label.startswith(sr.WORKER_LABEL_PREFIX) or label == sr.GATEWAY_LABEL):
+        # A worker left over from a previous install: the new gateway doesn't
+        # know it. (With --no-gateway an installed gateway is left alone.)
+        if label.startswith(sr.WORKER_LABEL_PREFIX) and label not in keep:
             act.run(["launchctl", "bootout", f"{domain}/{label}"], check=False, quiet=True)
             act.remove(target / f"{label}.plist")
     for f in files:  # workers first: render() orders them so
@@ -404,25 +405,11 @@ def status(platform: PlatformOpt = None, system: SystemOpt = False, dry_run: Dry
     for target in targets:
         if plat == "launchd":
             res = act.run(["launchctl", "print", target], check=False, quiet=True)
-            info = parse_launchctl_print(res.stdout) if res.returncode == 0 else {"state": "not loaded"}
+            info = sr.parse_launchctl_print(res.stdout) if res.returncode == 0 else {"state": "not loaded"}
         else:
             res = act.run(_systemctl(system) + ["show", "--property=ActiveState,SubState,MainPID,NRestarts",
                                                  target], check=False, quiet=True)
-            info = parse_systemctl_show(res.stdout)
+            info = sr.parse_systemctl_show(res.stdout)
         if not dry_run:
             typer.echo(f"{target}: " + ", ".join(f"{k}={v}" for k, v in info.items()))
 
-
-def parse_launchctl_print(text: str) -> dict[str, str]:
-    """The few useful fields of `launchctl print` (its format is not stable; be lenient)."""
-    wanted = {"state", "pid", "last exit code", "runs"}
-    info: dict[str, str] = {}
-    for line in text.splitlines():
-        key, sep, value = line.strip().partition(" = ")
-        if sep and key in wanted and key not in info:  # first hit: the job, not a nested block
-            info[key] = value.strip()
-    return info
-
-
-def parse_systemctl_show(text: str) -> dict[str, str]:
-    return dict(line.split("=", 1) for line in text.splitlines() if "=" in line)

@@ -3,7 +3,9 @@
 Pure functions only: every path and name comes in through ``ServiceConfig``,
 so the same inputs always give byte-identical files (the checked-in examples
 in ``deploy/`` are compared against this output by the tests). Looking things
-up on the machine (venv, home, uid) is the CLI's job, in ``client/service.py``.
+up on the machine (venv, home, uid) and running launchctl/systemctl is the
+CLI's job, in ``client/service.py``; the parsers for their status output live
+here because they are pure text functions too.
 
 Plists are built as dicts and serialised with ``plistlib`` so they are always
 well-formed; systemd units are plain INI text with careful quoting.
@@ -352,3 +354,21 @@ def render(cfg: ServiceConfig, platform: Platform) -> list[RenderedFile]:
     else:
         raise ValueError(f"unknown platform {platform!r}")
     return out
+
+
+# --------------------------------------------------------------------------- status output
+
+
+def parse_launchctl_print(text: str) -> dict[str, str]:
+    """The few useful fields of `launchctl print` (its format is not stable; be lenient)."""
+    wanted = {"state", "pid", "last exit code", "runs"}
+    info: dict[str, str] = {}
+    for line in text.splitlines():
+        key, sep, value = line.strip().partition(" = ")
+        if sep and key in wanted and key not in info:  # first hit: the job, not a nested block
+            info[key] = value.strip()
+    return info
+
+
+def parse_systemctl_show(text: str) -> dict[str, str]:
+    return dict(line.split("=", 1) for line in text.splitlines() if "=" in line)

@@ -310,3 +310,11 @@ def test_systemd_system_units_dry_run(home: Path, fake: FakeRunner) -> None:
     assert "+ systemctl enable kmlx-worker@default.service kmlx-gateway.service" in out
     rendered = ok("render", "--platform", "systemd", "--system", "--user", "nobody", "-m", MODEL, *BIN)
     assert "User=nobody" in rendered and "WantedBy=multi-user.target" in rendered
+
+
+def test_workers_only_install_leaves_the_gateway_alone(home: Path, fake: FakeRunner) -> None:
+    ok("install", "--platform", "launchd", "-m", MODEL, *BIN)
+    fake.calls.clear()
+    ok("install", "--platform", "launchd", "--no-gateway", "-m", MODEL, *BIN)
+    assert (home / "Library/LaunchAgents/com.kmlx.gateway.plist").exists()
+    assert all("com.kmlx.gateway" not in " ".join(c) for c in fake.calls)
