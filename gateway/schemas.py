@@ -77,7 +77,7 @@ class ChatCompletionRequest(_Strict):
     top_k: int | None = Field(default=None, ge=0)
     min_p: float | None = Field(default=None, ge=0.0, le=1.0)
     repetition_penalty: float | None = Field(default=None, gt=0.0, le=10.0)
-    seed: int | None = None
+    seed: int | None = Field(default=None, ge=-(2**63), le=2**64 - 1)
     stop: Union[str, list[str], None] = None
     n: int | None = Field(default=None, ge=1, le=1)
     logprobs: bool | None = None

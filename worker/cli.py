@@ -37,6 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--max-queued", type=int, default=64, help="requests waiting for a batch slot before new ones are refused (503)")
     s.add_argument("--prefill-chunk", type=int, default=512, help="prompt tokens prefilled per step, so long prompts don't stall running streams")
     s.add_argument("--default-max-tokens", type=int, default=None, help="completion budget when a request sets none (default: the rest of the context)")
+    s.add_argument("--max-tokens-limit", type=int, default=None, help="cap on any one completion; longer requests end with finish_reason=length")
     s.add_argument("--drain-timeout", type=float, default=30.0, help="seconds SIGTERM waits for running requests before aborting them")
     o = p.add_argument_group("output")
     o.add_argument("--log-level", default="INFO")
@@ -83,6 +84,7 @@ def serve(args: argparse.Namespace, loaded) -> None:
         max_waiting=args.max_queued,
         prefill_chunk=args.prefill_chunk,
         default_max_tokens=args.default_max_tokens,
+        max_tokens_limit=args.max_tokens_limit,
     )
     scheduler = Scheduler(
         loaded.model, loaded.tokenizer, model_id=loaded.model_id, context_length=loaded.context_length, limits=limits

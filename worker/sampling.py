@@ -38,7 +38,7 @@ def make_sampler(params: SamplingParams) -> Sampler:
         filters.append(lambda x: apply_top_k(x, params.top_k))
 
     inv_temp = 1.0 / params.temperature
-    key = mx.random.key(params.seed) if params.seed is not None else None
+    key = mx.random.key(params.seed % 2**63) if params.seed is not None else None
 
     def sample(logprobs: mx.array) -> mx.array:
         nonlocal key

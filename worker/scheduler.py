@@ -28,6 +28,7 @@ class SchedulerLimits:
     max_waiting: int = 64  # admitted but not yet running
     prefill_chunk: int = 512  # prompt tokens per step and sequence
     default_max_tokens: int | None = None  # None: up to the context length
+    max_tokens_limit: int | None = None  # operator's cap on any one completion
 
 
 @dataclass
@@ -110,7 +111,7 @@ class Scheduler:
                 ),
             )
         wanted = req.sampling.max_tokens or self.limits.default_max_tokens or room
-        max_tokens = max(1, min(wanted, room))
+        max_tokens = max(1, min(wanted, room, self.limits.max_tokens_limit or room))
 
         seq = Sequence(
             request=req,

@@ -1,0 +1,37 @@
+# One-command workflows. `make run` and `make test` set everything up on a
+# fresh machine (virtualenv, dependencies, the default model) on first use.
+
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.kmlx-setup
+
+.PHONY: setup run test test-fast conformance bench clean
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[test]'
+	$(PY) -m worker.models fetch-default
+	$(PY) -m worker.models build-tiny
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+run: setup            ## a gateway on :18000 and a worker on the default model
+	$(PY) -m client.serve
+
+test: setup           ## the full test suite (what CI runs)
+	$(PY) -m pytest
+
+test-fast: setup      ## unit tests only
+	$(PY) -m pytest tests/unit
+
+conformance: setup    ## schemathesis against the official OpenAI spec
+	$(PY) -m pytest tests/conformance
+
+bench: setup          ## serving overhead and throughput, side by side
+	$(PY) -m bench
+
+clean:
+	rm -rf $(VENV) .pytest_cache
