@@ -88,6 +88,7 @@ class ChatCompletionRequest(_Strict):
     conversation_id: str | None = None
     reset_conversation: bool | None = None
     images: list[str] | None = None
+    ignore_eos: bool | None = None  # like vLLM's: for benchmarks
 
     @field_validator("stop")
     @classmethod
@@ -121,6 +122,7 @@ class ChatCompletionRequest(_Strict):
             repetition_penalty=self.repetition_penalty or 1.0,
             seed=self.seed,
             stop=list(self.stop or []),  # type: ignore[arg-type]
+            ignore_eos=bool(self.ignore_eos),
         )
 
     def wire_messages(self) -> list[dict[str, Any]]:

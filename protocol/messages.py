@@ -44,8 +44,7 @@ class SamplingParams(msgspec.Struct, omit_defaults=True):
     repetition_penalty: float = 1.0  # 1.0 disables
     seed: int | None = None
     stop: list[str] = []
-    logprobs: bool = False
-    top_logprobs: int = 0
+    ignore_eos: bool = False  # benchmarks: generate exactly max_tokens
 
 
 class ChatRequest(_Msg, tag="chat"):

@@ -12,7 +12,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from mlx_lm.generate import BatchGenerator
+from mlx_lm.generate import BatchGenerator, StopSequences
 
 from protocol.messages import CacheInfo, ChatRequest, ErrorInfo, RequestOutput
 
@@ -59,6 +59,8 @@ class Scheduler:
             prefill_step_size=limits.prefill_chunk,
         )
         self._eos = set(eos)
+        self._eos_stop = StopSequences([[t] for t in eos])
+        self._no_stop = StopSequences([])
         self._by_uid: dict[int, Sequence] = {}
         self._by_id: dict[str, Sequence] = {}
 
@@ -129,6 +131,7 @@ class Scheduler:
             max_tokens=[max_tokens],
             samplers=[make_sampler(req.sampling)],
             logits_processors=[make_logits_processors(req.sampling)],
+            stop_sequences=[self._no_stop if req.sampling.ignore_eos else self._eos_stop],
         )
         seq.uid = uid
         self._by_uid[uid] = seq
