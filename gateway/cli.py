@@ -23,6 +23,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="don't derive a conversation id from the client address when a request names none")
     p.add_argument("--request-timeout", type=float, default=600.0, help="seconds a request may run before the worker gives up")
     p.add_argument("--keep-alive", type=float, default=15.0, help="seconds between SSE keep-alive comments while waiting")
+    p.add_argument("--drain-timeout", type=float, default=30.0,
+                   help="on SIGTERM, seconds to let running requests finish (new ones get 503) before exiting")
     p.add_argument("--log-level", default="INFO")
     return p
 
@@ -42,5 +44,11 @@ def main(argv: list[str] | None = None) -> None:
     import uvicorn
 
     from .app import create_app
+    from .server import DrainingServer
 
-    uvicorn.run(create_app(config), host=config.host, port=config.port, log_level=args.log_level.lower(), access_log=False)
+    app = create_app(config)
+    uv_config = uvicorn.Config(
+        app, host=config.host, port=config.port, log_level=args.log_level.lower(), access_log=False,
+        timeout_graceful_shutdown=2,  # after our own drain: cut what is left
+    )
+    DrainingServer(uv_config, app, args.drain_timeout).run()
