@@ -70,3 +70,34 @@ def atomic_file(dest: Path) -> Iterator[Path]:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+@contextlib.contextmanager
+def file_lock(name: str) -> Iterator[None]:
+    """Serialize a slow one-time step (fetch, convert) across processes.
+
+    Without it two workers started together would both download and convert;
+    the atomic rename would keep the result correct, but at twice the cost.
+    """
+    path = kmlx_cache_dir() / "locks" / f"{name}.lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+") as fh:
+        try:
+            import fcntl
+        except ImportError:  # pragma: no cover - non-POSIX: best effort
+            yield
+            return
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def discard_dir(folder: Path) -> None:
+    """Remove a stale folder: renamed away first, so no reader sees half of it."""
+    if not folder.exists():
+        return
+    trash = folder.with_name(f".{folder.name}.stale-{os.getpid()}")
+    os.rename(folder, trash)
+    shutil.rmtree(trash, ignore_errors=True)

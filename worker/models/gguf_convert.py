@@ -213,3 +213,14 @@ def _save_weights(folder: Path, weights: dict[str, Any]) -> None:
 def _write_json(path: Path, data: dict[str, Any]) -> None:
     path.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n")
     os.chmod(path, 0o644)
+
+
+def is_current(folder: Path, *, sha256: str | None = None) -> bool:
+    """True when `folder` is a complete conversion by this converter version."""
+    try:
+        source = json.loads((folder / SOURCE_FILE).read_text())
+    except (OSError, ValueError):
+        return False
+    if source.get("converter_version") != CONVERTER_VERSION:
+        return False
+    return sha256 is None or source.get("sha256") == sha256

@@ -1,0 +1,146 @@
+"""Choose the in-memory form of a model's weights for the backend in use.
+
+Measured on the MLX CPU backend (2 cores, SmolLM2-135M, see docs/models.md):
+quantized matmuls have no fast CPU kernels (Q4 prefill 7.6 tok/s), dequantized
+float32 goes through BLAS (64 tok/s with OpenBLAS), bfloat16 sits between and
+float16 is unusably slow. On Metal/CUDA the quantized kernels are fast and use
+less memory, so the stored form is kept there.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from .errors import ModelLoadError
+from .progress import say
+
+WEIGHT_CHOICES = ("auto", "native", "float32", "bfloat16", "float16", "q4", "q8")
+_FLOATS = {"float32", "bfloat16", "float16"}
+# Dequantizing to float32 multiplies a Q4 model's size by ~7; "auto" only does
+# it while the result stays below this share of the machine's memory.
+_AUTO_MEMORY_SHARE = 0.5
+
+
+def apply_weights(model: Any, choice: str) -> str:
+    """Convert `model` in place to `choice`; return what is now in memory ("float32", "q4+q8", ...)."""
+    import mlx.core as mx
+
+    if choice not in WEIGHT_CHOICES:
+        raise ModelLoadError(f"unknown weights {choice!r}; choose one of: {', '.join(WEIGHT_CHOICES)}")
+    if choice == "auto":
+        choice = _auto_choice(model)
+    if choice in _FLOATS:
+        if choice == "float16" and mx.default_device() == mx.cpu:
+            say("warning: float16 weights are extremely slow on the MLX CPU backend")
+        dequantize(model)
+        model.set_dtype(getattr(mx, choice))
+    elif choice in ("q4", "q8"):
+        bits = 4 if choice == "q4" else 8
+        if set(quantized_bits(model).values()) != {bits}:
+            dequantize(model)
+            model.set_dtype(mx.float32)
+            quantize(model, bits)
+    mx.eval(model.parameters())
+    return describe_weights(model)
+
+
+def _auto_choice(model: Any) -> str:
+    import mlx.core as mx
+
+    if mx.default_device() != mx.cpu:
+        return "native"
+    need = float32_bytes(model)
+    have = _physical_memory()
+    if have and need > _AUTO_MEMORY_SHARE * have:
+        say(f"keeping stored weights: float32 would need {need / 2**30:.1f} GiB of {have / 2**30:.1f} GiB")
+        return "native"
+    return "float32"
+
+
+def dequantize(model: Any) -> None:
+    """Replace quantized layers by float32 ones (exact: scales upcast first)."""
+    import mlx.core as mx
+    import mlx.nn as nn
+    from mlx.utils import tree_unflatten
+
+    # MLX runs each CPU stream on its own thread: spreading the layers over a
+    # few streams roughly halves the time to dequantize on 2 cores.
+    streams = [mx.new_stream(mx.cpu) for _ in range(max(1, min(os.cpu_count() or 1, 4)))]
+    replaced = []
+    for name, m in model.named_modules():
+        if not isinstance(m, (nn.QuantizedLinear, nn.QuantizedEmbedding)):
+            continue
+        s = streams[len(replaced) % len(streams)]
+        biases = m.get("biases")
+        w = mx.dequantize(
+            m.weight,
+            m.scales.astype(mx.float32, stream=s),
+            None if biases is None else biases.astype(mx.float32, stream=s),
+            group_size=m.group_size,
+            bits=m.bits,
+            mode=getattr(m, "mode", "affine"),
+            stream=s,
+        )
+        if isinstance(m, nn.QuantizedLinear):
+            new = nn.Linear(w.shape[1], w.shape[0], bias="bias" in m)
+            if "bias" in m:
+                new.bias = m.bias
+        else:
+            new = nn.Embedding(w.shape[0], w.shape[1])
+        new.weight = w
+        replaced.append((name, new))
+    if replaced:
+        model.update_modules(tree_unflatten(replaced))
+    if quantized_bits(model):  # other kinds (e.g. mixture-of-experts layers)
+        from mlx_lm.utils import dequantize_model
+
+        dequantize_model(model)
+
+
+def quantize(model: Any, bits: int, group_size: int = 32) -> None:
+    import mlx.nn as nn
+
+    def wanted(_path: str, m: Any) -> bool:
+        return hasattr(m, "to_quantized") and m.weight.shape[-1] % group_size == 0
+
+    nn.quantize(model, group_size=group_size, bits=bits, class_predicate=wanted)
+
+
+def quantized_bits(model: Any) -> dict[str, int]:
+    return {name: m.bits for name, m in model.named_modules() if hasattr(m, "bits") and hasattr(m, "scales")}
+
+
+def float32_bytes(model: Any) -> int:
+    from mlx.utils import tree_flatten
+
+    bits = quantized_bits(model)
+    total = 0
+    for key, value in tree_flatten(model.parameters()):
+        layer, _, leaf = key.rpartition(".")
+        if layer in bits and leaf == "weight":
+            total += value.size * (32 // bits[layer]) * 4
+        elif layer not in bits:
+            total += value.size * 4
+    return total
+
+
+def describe_weights(model: Any) -> str:
+    """"float32", "bfloat16", "q4", "q4+q8" (mixed bits), ..."""
+    from mlx.utils import tree_flatten
+
+    bits = sorted(set(quantized_bits(model).values()))
+    if bits:
+        return "+".join(f"q{b}" for b in bits)
+    counts: dict[str, int] = {}
+    for _, value in tree_flatten(model.parameters()):
+        name = str(value.dtype).rpartition(".")[-1]
+        counts[name] = counts.get(name, 0) + value.size
+    return max(counts, key=counts.get) if counts else "empty"
+
+
+def _physical_memory() -> int:
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return 0
