@@ -7,7 +7,6 @@ and it fits on the screen, it is redrawn once as Markdown (optional).
 
 from __future__ import annotations
 
-import math
 import re
 
 from rich.console import Console
@@ -34,12 +33,23 @@ def looks_like_markdown(text: str) -> bool:
 
 
 def rows_used(text: str, width: int) -> int:
-    """Terminal rows `text` occupies when printed from column 0 at `width`
-    (a line of exactly `width` cells leaves the cursor on its own row)."""
-    from rich.cells import cell_len
+    """Terminal rows `text` occupies when printed from column 0 at `width`.
+    Simulated cell by cell: a wide character that does not fit at the end of
+    a row moves whole to the next, and a row filled exactly keeps the cursor
+    (terminals defer the wrap)."""
+    from rich.cells import get_character_cell_size
 
     width = max(1, width)
-    return sum(max(1, math.ceil(cell_len(line.expandtabs(8)) / width)) for line in text.split("\n"))
+    total = 0
+    for line in text.split("\n"):
+        rows, col = 1, 0
+        for ch in line.expandtabs(8):
+            w = get_character_cell_size(ch)
+            if col + w > width:
+                rows, col = rows + 1, 0
+            col += w
+        total += rows
+    return total
 
 
 class TerminalRenderer:

@@ -220,4 +220,5 @@ class Repl:
             self.out.notice("(answer cut at --max-tokens)")
         if self.verbose:
             self.out.stats(format_stats(result))
+        self.console.print()  # a blank line between turns
         return False
