@@ -35,6 +35,7 @@ async def health(request: Request) -> JSONResponse:
             "ready": w.ready,
             "state": w.state.reason,
             "model": w.state.info.model_id if w.state.info else None,
+            "context_length": w.state.info.context_length if w.state.info else None,
             "inflight": w.state.inflight,
         }
         for w in pool.workers
