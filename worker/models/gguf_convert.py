@@ -141,6 +141,13 @@ def map_tensors(info: GGUFInfo, tensors: dict[str, Any], config: dict[str, Any])
         else:
             raise ModelLoadError(f"{info.path.name}: unexpected tensor {gname!r} for a llama model")
         out[target + suffix] = value
+    if config["attention_bias"]:
+        # HF/mlx-lm llama puts a bias on q, k, v *and* o when attention_bias is
+        # set; GGUFs with q/k/v biases only get a zero o_proj bias.
+        import mlx.core as mx
+
+        for i in range(config["num_hidden_layers"]):
+            out.setdefault(f"model.layers.{i}.self_attn.o_proj.bias", mx.zeros((config["hidden_size"],)))
     if "model.embed_tokens.weight" not in out:
         raise ModelLoadError(f"{info.path.name}: the GGUF has no token_embd tensor")
     return out

@@ -1,0 +1,46 @@
+"""Fixtures for the model tests: the real default GGUF and an independent read of it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from worker.models import ensure_fast_blas
+
+# Before anything imports MLX, if this conftest is first: float32 matmuls then
+# run on OpenBLAS (when installed), as in the worker. Never re-exec pytest.
+ensure_fast_blas(reexec=False)
+
+
+@pytest.fixture(scope="session")
+def default_gguf() -> Path:
+    from worker.models.default import ensure_default_gguf
+
+    return ensure_default_gguf()
+
+
+@pytest.fixture(scope="session")
+def gguf_reference(default_gguf: Path) -> tuple[dict[str, Any], dict[str, Any], dict[str, str]]:
+    """(metadata, float64 tensors, tensor types) read with the `gguf` package."""
+    from tests.models.gguf_reference import read_gguf
+
+    return read_gguf(default_gguf)
+
+
+@pytest.fixture(scope="session")
+def default_loaded() -> Any:
+    """The default model as the worker loads it here (float32 on CPU)."""
+    from worker.models import load_model
+
+    return load_model(None)
+
+
+@pytest.fixture(scope="session")
+def tokenizer_meta(default_gguf: Path) -> dict[str, Any]:
+    """The default model's tokenizer metadata, for synthetic GGUFs."""
+    from worker.models.gguf_file import read_gguf
+
+    meta = read_gguf(default_gguf).meta
+    return {k: v for k, v in meta.items() if k.startswith("tokenizer.")}

@@ -1,0 +1,83 @@
+"""Converted weights compute what the GGUF's own numbers compute (float64 NumPy reference)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.models.gguf_reference import ReferenceBPE, read_gguf, reference_logits
+from tests.models.gguf_synth import llama_cpp_permute, write_llama
+
+PROMPTS = ["The capital of France is", "def fibonacci(n):\n    ", "<|im_start|>user\n¿Qué tal? 12 + 30 =<|im_end|>"]
+
+
+def mlx_logits(model, ids: list[int]) -> np.ndarray:
+    import mlx.core as mx
+
+    return np.array(model(mx.array([ids]))[0].astype(mx.float32), dtype=np.float64)
+
+
+@pytest.mark.parametrize("prompt", PROMPTS)
+def test_default_model_logits_match_numpy_float64(default_loaded, gguf_reference, prompt):
+    meta, weights, types = gguf_reference
+    assert {"Q4_1", "Q8_0"} <= set(types.values())  # the quantized paths are exercised
+    ids = ReferenceBPE(meta["tokenizer.ggml.tokens"], meta["tokenizer.ggml.merges"],
+                       meta["tokenizer.ggml.token_type"]).encode(prompt)
+    expected = reference_logits(meta, weights, ids)
+    got = mlx_logits(default_loaded.model, ids)
+    assert default_loaded.weights == "float32"
+    assert got.shape == expected.shape
+    assert np.abs(got - expected).max() <= 1e-3
+
+
+def test_quantized_in_memory_agrees(gguf_reference):
+    """weights='native' keeps Q4/Q8 (the Metal/CUDA choice); same numbers, fp16 scales."""
+    from worker.models import load_model
+
+    meta, weights, _ = gguf_reference
+    loaded = load_model("default", weights="native")
+    assert loaded.weights == "q4+q8"
+    ids = loaded.tokenizer.encode("The capital of France is", add_special_tokens=False)
+    got, expected = mlx_logits(loaded.model, ids), reference_logits(meta, weights, ids)
+    assert np.abs(got - expected).max() < 0.5  # float16 activations, not a layout error
+    assert got[-1].argmax() == expected[-1].argmax()
+
+
+def test_unpermute_inverts_llama_cpp_permute():
+    import mlx.core as mx
+
+    from worker.models.gguf_convert import unpermute_rows
+
+    rng = np.random.default_rng(0)
+    for n_head, shape, dtype in [(9, (576, 72), np.uint32), (3, (192, 18), np.float16), (4, (64,), np.float32)]:
+        x = (rng.integers(0, 2**31, shape) if dtype == np.uint32 else rng.standard_normal(shape)).astype(dtype)
+        back = np.array(unpermute_rows(mx.array(llama_cpp_permute(x, n_head)), n_head))
+        assert np.array_equal(back, x)
+
+
+@pytest.fixture(scope="module")
+def synthetic(tmp_path_factory, tokenizer_meta) -> Path:
+    return write_llama(tmp_path_factory.mktemp("gguf") / "synthetic-llama.gguf", tokenizer_meta)
+
+
+def test_all_tensor_types_bias_and_untied_output(synthetic, tmp_path):
+    """F32, F16, Q4_0, Q4_1 and Q8_0 matrices, permuted q/k biases and a separate output head,
+    converted through the CLI and loaded as a folder, against the float64 reference."""
+    from worker.models import load_model
+
+    out = tmp_path / "converted"
+    run = subprocess.run([sys.executable, "-m", "worker.models", "convert", str(synthetic), "--out", str(out)],
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.strip() == str(out)
+    meta, weights, types = read_gguf(synthetic)
+    assert set(types.values()) == {"F32", "F16", "Q4_0", "Q4_1", "Q8_0"}
+    loaded = load_model(str(out))
+    assert loaded.model_id == "converted" and loaded.context_length == 2048
+    ids = loaded.tokenizer.encode("Synthetic weights, 42 tokens?", add_special_tokens=False)
+    diff = np.abs(mlx_logits(loaded.model, ids) - reference_logits(meta, weights, ids)).max()
+    assert diff <= 1e-3
