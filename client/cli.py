@@ -1,4 +1,5 @@
-"""`kmlx`: the terminal client (chat, models, health) and `kmlx service`.
+"""`kmlx`: the terminal client (chat, models, health), plus `kmlx serve` and
+`kmlx service`, which live in their own modules.
 
 Commands import their machinery lazily so `kmlx --help` stays quick.
 """
@@ -25,7 +26,7 @@ if TYPE_CHECKING:
 
 app = typer.Typer(
     name="kmlx",
-    help="Talk to a kmlx gateway: chat in the terminal, list models, check health.",
+    help="Chat with MLX models from the terminal; run and check the kmlx server.",
     no_args_is_help=True,
     add_completion=False,
     rich_markup_mode="rich",
@@ -84,6 +85,15 @@ def chat(
         Optional[List[str]],
         typer.Option("--image", "-i", metavar="PATH", help="Attach an image file or URL to the one-shot prompt (repeatable)."),
     ] = None,
+    option: Annotated[
+        Optional[List[str]],
+        typer.Option(
+            "--option",
+            "-o",
+            metavar="KEY=VALUE",
+            help="Extra request field, value as JSON if it parses (repeatable): -o top_k=20 -o seed=1.",
+        ),
+    ] = None,
     no_stream: Annotated[bool, typer.Option("--no-stream", metavar="", help="Wait for the whole answer.")] = False,
     verbose: Annotated[
         bool,
@@ -132,7 +142,12 @@ def chat(
             raise _fail("nothing to ask: stdin was empty (use -p TEXT, or run in a terminal to chat)")
 
     settings = ChatSettings(
-        model=model, max_tokens=max_tokens, temperature=temperature, top_p=top_p, stream=not no_stream
+        model=model,
+        max_tokens=max_tokens,
+        temperature=temperature,
+        top_p=top_p,
+        stream=not no_stream,
+        extra=_parse_options(option or []),
     )
     conv = Conversation(system=system)
     if conversation_id:
@@ -169,6 +184,21 @@ def chat(
             show_reasoning=not hide_reasoning,
         )
         raise typer.Exit(code)
+
+
+def _parse_options(items: list[str]) -> dict[str, object]:
+    import json
+
+    extra: dict[str, object] = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise typer.BadParameter(f"expected KEY=VALUE, got {item!r}", param_hint="--option")
+        try:
+            extra[key.strip()] = json.loads(raw)
+        except json.JSONDecodeError:
+            extra[key.strip()] = raw  # a bare word is a string
+    return extra
 
 
 def _default_model(gw: "Gateway") -> str | None:
@@ -275,7 +305,18 @@ def _root(
         bool, typer.Option("--version", callback=_version, metavar="", is_eager=True, help="Show the version and exit.")
     ] = False,
 ) -> None:
-    """Talk to a kmlx gateway: chat in the terminal, list models, check health."""
+    """Chat with MLX models from the terminal; run and check the kmlx server."""
+
+
+def _register_serve() -> None:
+    """`kmlx serve` (client/serve.py): a worker and a gateway in one command."""
+    try:
+        from client.serve import serve
+    except ModuleNotFoundError as exc:
+        if exc.name == "client.serve":
+            return
+        raise
+    app.command("serve")(serve)
 
 
 def _register_service() -> None:
@@ -302,6 +343,7 @@ def _service_unavailable(exc: BaseException) -> None:
         raise _fail(f"`kmlx service` is unavailable: {type(exc).__name__}: {exc}")
 
 
+_register_serve()
 _register_service()
 
 

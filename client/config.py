@@ -19,8 +19,9 @@ ENV_OPENAI_API_KEY = "OPENAI_API_KEY"  # honoured so existing OpenAI setups just
 
 # What to tell someone whose gateway is not running.
 START_HINT = (
-    "Start one with `kmlx-gateway` and a worker with `kmlx-worker -m <model>` "
-    "(see the README), or point elsewhere with --base-url / $KMLX_BASE_URL."
+    "Start a worker and a gateway with `kmlx serve` (or `make run` in a checkout; "
+    "`kmlx-worker` + `kmlx-gateway` to run them apart), "
+    "or point elsewhere with --base-url / $KMLX_BASE_URL."
 )
 
 

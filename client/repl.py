@@ -137,19 +137,28 @@ class Repl:
             enable_open_in_editor=True,  # Ctrl-X Ctrl-E: compose in $EDITOR
         )
         self.banner()
+        try:
+            self._loop(session)
+        except KeyboardInterrupt:
+            # Ctrl-C between prompts (cooked terminal, e.g. right after an
+            # answer stopped): in practice a second Ctrl-C, so leave quietly.
+            pass
+        return 0
+
+    def _loop(self, session: "PromptSession[object]") -> None:
         armed = False  # a Ctrl-C just happened; one more at the prompt quits
         default = ""
         while True:
             try:
                 result = session.prompt(PROMPT, default=default)
             except EOFError:
-                break
+                return
             except KeyboardInterrupt:  # Ctrl-C that did not reach our binding
                 result = INTERRUPT
             default = ""
             if result is INTERRUPT:
                 if armed:
-                    break
+                    return
                 armed = True
                 self.out.notice("(Ctrl-C again or Ctrl-D to quit)")
                 continue
@@ -159,16 +168,11 @@ class Repl:
                 default = result.text
                 continue
             text = str(result)
-            try:
-                if text.strip().startswith("/") and "\n" not in text.strip():
-                    if self.command(text.strip()):
-                        break
-                    continue
-                armed = self.ask(_strip_fence(text))
-            except KeyboardInterrupt:  # Ctrl-C outside the answer stream
-                armed = True
-                self.out.notice("\n(interrupted; Ctrl-C again or Ctrl-D to quit)")
-        return 0
+            if text.strip().startswith("/") and "\n" not in text.strip():
+                if self.command(text.strip()):
+                    return
+                continue
+            armed = self.ask(_strip_fence(text))
 
     def new_conversation(self) -> None:
         self.conv.reset()

@@ -22,6 +22,8 @@ class ChatSettings:
     temperature: float | None = None
     top_p: float | None = None
     stream: bool = True
+    # Any other request fields (-o top_k=20, -o ignore_eos=true, ...).
+    extra: dict[str, Any] = field(default_factory=dict)
 
 
 class Sink(Protocol):
@@ -69,6 +71,8 @@ def request_body(conv: Conversation, user: Content, settings: ChatSettings) -> d
             body[key] = value
     if settings.stream:
         body["stream_options"] = {"include_usage": True}
+    reserved = ("messages", "stream")  # the client owns these two
+    body.update({k: v for k, v in settings.extra.items() if k not in reserved})
     return body
 
 

@@ -143,3 +143,17 @@ def test_help_reads_well(args: list[str]) -> None:
         for flag in ("--base-url", "--model", "--max-tokens", "--temperature", "--system", "--no-stream",
                      "--verbose", "--conversation-id", "--api-key", "KMLX_BASE_URL", "OPENAI_API_KEY"):
             assert flag in r.output, flag
+
+
+def test_extra_request_fields(fake_gateway: FakeGateway) -> None:
+    r = runner.invoke(
+        app,
+        ["chat", "-u", fake_gateway.base_url, "-o", "top_k=20", "-o", "ignore_eos=true", "-o", "stop=[\"x\"]",
+         "-o", "note=plain words", "-o", "stream=false", "-p", "x"],
+    )
+    assert r.exit_code == 0, r.output
+    body = fake_gateway.chat_requests[-1]
+    assert body["top_k"] == 20 and body["ignore_eos"] is True and body["stop"] == ["x"]
+    assert body["note"] == "plain words" and body["stream"] is True  # the client owns `stream`
+    r = runner.invoke(app, ["chat", "-u", fake_gateway.base_url, "-o", "novalue", "-p", "x"])
+    assert r.exit_code == 2 and "KEY=VALUE" in r.output
