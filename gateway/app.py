@@ -19,7 +19,7 @@ log = logging.getLogger("kmlx.gateway")
 
 
 def create_app(config: GatewayConfig) -> FastAPI:
-    pool = WorkerPool(config.workers)
+    pool = WorkerPool.from_config(config)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -27,7 +27,7 @@ def create_app(config: GatewayConfig) -> FastAPI:
         deadline = time.monotonic() + config.startup_wait
         while not pool.ready and time.monotonic() < deadline:
             await asyncio.sleep(0.1)
-        log.info("gateway %s up; workers: %s", pool.gateway_id, ", ".join(config.workers))
+        log.info("gateway %s up; workers: %s", pool.gateway_id, ", ".join(w.address for w in pool.workers))
         yield
         await pool.close()
 

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import logging
 
-from .config import GatewayConfig
+from .config import GatewayConfig, WorkerSpec, WorkersFileError, load_workers_file
+from .logging_setup import configure_logging
+from .ops_config import add_ops_arguments, ops_config_from_args
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -18,6 +19,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=18000)
     p.add_argument("--worker", action="append", dest="workers", metavar="ADDR",
                    help="worker endpoint (repeatable), e.g. tcp://127.0.0.1:5555 (default: that one)")
+    p.add_argument("--workers-file", metavar="PATH",
+                   help="pool members with optional per-worker queue limits, TOML or JSON (see docs/pool.md); adds to --worker")
+    # -- pool: backpressure, routing, health (docs/pool.md) --
+    p.add_argument("--max-queued-requests", type=int, default=0,
+                   help="per worker: requests waiting for a batch slot before this gateway answers 503 (0: the worker's --max-queued)")
+    p.add_argument("--max-queued-tokens", type=int, default=65536,
+                   help="per worker: prompt tokens waiting to be prefilled before this gateway answers 503 (0: no limit)")
+    p.add_argument("--spill-factor", type=float, default=1.5,
+                   help="a conversation moves off its worker only when that worker's load exceeds this multiple of the mean (and its batch is full)")
+    p.add_argument("--ping-interval", type=float, default=2.0, help="seconds between liveness pings to each worker")
+    p.add_argument("--ping-timeout", type=float, default=30.0,
+                   help="a worker silent this long (no ping answer, no output) is marked down")
+    # -- end pool --
     p.add_argument("--strip-thinking", action="store_true", help="remove <think> blocks from answers by default")
     p.add_argument("--no-conversation-auto-id", dest="conversation_auto_id", action="store_false",
                    help="don't derive a conversation id from the client address when a request names none")
@@ -26,20 +40,37 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--drain-timeout", type=float, default=30.0,
                    help="on SIGTERM, seconds to let running requests finish (new ones get 503) before exiting")
     p.add_argument("--log-level", default="INFO")
+    add_ops_arguments(p)  # access, limits, log format, tracing (docs/operations.md)
     return p
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = build_parser().parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    configure_logging(args.log_level, args.log_format)
+    specs: list[WorkerSpec] = []
+    if args.workers_file:
+        try:
+            specs = load_workers_file(args.workers_file) + [WorkerSpec(a) for a in args.workers or []]
+        except WorkersFileError as exc:
+            parser.error(str(exc))
+    if args.spill_factor < 1.0:
+        parser.error("--spill-factor must be at least 1.0")
     config = GatewayConfig(
         workers=args.workers or ["tcp://127.0.0.1:5555"],
+        worker_specs=specs,
+        max_queued_requests=max(0, args.max_queued_requests),
+        max_queued_tokens=max(0, args.max_queued_tokens),
+        spill_factor=args.spill_factor,
+        ping_interval=args.ping_interval,
+        ping_timeout=args.ping_timeout,
         host=args.host,
         port=args.port,
         strip_thinking=args.strip_thinking,
         conversation_auto_id=args.conversation_auto_id,
         request_timeout=args.request_timeout or None,
         keep_alive_seconds=args.keep_alive,
+        ops=ops_config_from_args(args),
     )
     import uvicorn
 
@@ -50,5 +81,6 @@ def main(argv: list[str] | None = None) -> None:
     uv_config = uvicorn.Config(
         app, host=config.host, port=config.port, log_level=args.log_level.lower(), access_log=False,
         timeout_graceful_shutdown=2,  # after our own drain: cut what is left
+        log_config=None,  # uvicorn's loggers go through ours (one format, JSON included)
     )
     DrainingServer(uv_config, app, args.drain_timeout).run()

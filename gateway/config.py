@@ -1,13 +1,28 @@
-"""Gateway settings (from the command line; no globals)."""
+"""Gateway settings (from the command line and an optional workers file; no globals)."""
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .ops_config import OpsConfig
+
+
+@dataclass(frozen=True)
+class WorkerSpec:
+    """One pool member. Unset limits take the gateway-wide flags."""
+
+    address: str
+    max_queued_requests: int | None = None
+    max_queued_tokens: int | None = None
 
 
 @dataclass
 class GatewayConfig:
     workers: list[str] = field(default_factory=lambda: ["tcp://127.0.0.1:5555"])
+    worker_specs: list[WorkerSpec] = field(default_factory=list)  # from a workers file; wins over ``workers``
     host: str = "0.0.0.0"
     port: int = 18000
     strip_thinking: bool = False
@@ -15,3 +30,62 @@ class GatewayConfig:
     request_timeout: float | None = 600.0  # seconds a request may run at all
     keep_alive_seconds: float = 15.0  # SSE comment interval while nothing else is sent
     startup_wait: float = 0.0  # seconds to wait for a worker before serving
+    # Backpressure and routing (docs/pool.md).
+    max_queued_requests: int = 0  # per worker; 0: the worker's own --max-queued
+    max_queued_tokens: int = 65536  # per worker, prompt tokens not yet prefilled; 0: no limit
+    spill_factor: float = 1.5  # a conversation leaves its worker only past this multiple of the mean load
+    ping_interval: float = 2.0
+    ping_timeout: float = 30.0
+    ops: OpsConfig = field(default_factory=OpsConfig)  # access, limits, logs (ops_config.py)
+
+
+class WorkersFileError(ValueError):
+    pass
+
+
+_SPEC_KEYS = {"address", "max_queued_requests", "max_queued_tokens"}
+
+
+def load_workers_file(path: str | Path) -> list[WorkerSpec]:
+    """Read the pool's members from TOML (``.toml``) or JSON::
+
+        [[workers]]
+        address = "tcp://10.0.0.2:5555"
+        max_queued_requests = 32      # optional, per worker
+        max_queued_tokens = 200000    # optional, per worker
+
+    A plain string is accepted in place of a table (address only).
+    """
+    p = Path(path)
+    try:
+        text = p.read_text()
+    except OSError as exc:
+        raise WorkersFileError(f"cannot read workers file {p}: {exc}") from None
+    try:
+        if p.suffix == ".toml":
+            import tomllib  # Python 3.11+; JSON works everywhere
+
+            data: Any = tomllib.loads(text)
+        else:
+            data = json.loads(text)
+    except ImportError:
+        raise WorkersFileError("TOML workers files need Python 3.11+; use JSON") from None
+    except ValueError as exc:  # tomllib.TOMLDecodeError and JSONDecodeError are ValueErrors
+        raise WorkersFileError(f"{p}: {exc}") from None
+    entries = data.get("workers") if isinstance(data, dict) else None
+    if not isinstance(entries, list) or not entries:
+        raise WorkersFileError(f"{p}: expected a non-empty 'workers' list")
+    specs = []
+    for i, e in enumerate(entries):
+        if isinstance(e, str):
+            e = {"address": e}
+        if not isinstance(e, dict) or not isinstance(e.get("address"), str) or not e["address"]:
+            raise WorkersFileError(f"{p}: workers[{i}] needs an 'address' string")
+        unknown = set(e) - _SPEC_KEYS
+        if unknown:
+            raise WorkersFileError(f"{p}: workers[{i}] has unknown keys {sorted(unknown)}")
+        for k in ("max_queued_requests", "max_queued_tokens"):
+            if k in e and (not isinstance(e[k], int) or isinstance(e[k], bool) or e[k] < 0):
+                raise WorkersFileError(f"{p}: workers[{i}].{k} must be a non-negative integer")
+        specs.append(WorkerSpec(e["address"], e.get("max_queued_requests"), e.get("max_queued_tokens")))
+    return specs

@@ -1,27 +1,65 @@
-"""The set of workers behind this gateway, and which one serves a request."""
+"""The set of workers behind this gateway, and which one serves a request.
+
+Membership is static (``--worker`` flags or a workers file); health is
+dynamic (each ``WorkerClient`` marks itself ready or down). Requests route
+by ``model`` first, then by the rule in ``gateway/routing.py``.
+"""
 
 from __future__ import annotations
 
-import hashlib
+import itertools
 import logging
+from collections.abc import Iterable
 
-from .worker_client import WorkerClient, new_gateway_id
+from .config import GatewayConfig, WorkerSpec
+from .routing import Candidate, pick, rendezvous_order
+from .worker_client import QueueLimits, WorkerClient, new_gateway_id
 
 log = logging.getLogger("kmlx.gateway.pool")
 
 
 class NoWorkerAvailable(Exception):
-    pass
+    """No ready worker serves the requested model (503, retry later)."""
 
 
-def _rendezvous_score(key: str, worker_id: str) -> int:
-    return int.from_bytes(hashlib.blake2b(f"{key}\x00{worker_id}".encode(), digest_size=8).digest(), "big")
+class PoolFull(Exception):
+    """Every ready worker of the model has a full queue (503 + Retry-After)."""
 
 
 class WorkerPool:
-    def __init__(self, addresses: list[str]):
+    def __init__(
+        self,
+        workers: Iterable[str | WorkerSpec],
+        *,
+        default_limits: QueueLimits | None = None,
+        spill_factor: float = 1.5,
+        ping_interval: float = 2.0,
+        ping_timeout: float = 30.0,
+    ):
         self.gateway_id = new_gateway_id()
-        self.workers = [WorkerClient(a, gateway_id=self.gateway_id) for a in addresses]
+        self.spill_factor = spill_factor
+        base = default_limits or QueueLimits()
+        self.workers: list[WorkerClient] = []
+        for w in workers:
+            spec = w if isinstance(w, WorkerSpec) else WorkerSpec(address=w)
+            limits = QueueLimits(
+                max_requests=base.max_requests if spec.max_queued_requests is None else spec.max_queued_requests,
+                max_tokens=base.max_tokens if spec.max_queued_tokens is None else spec.max_queued_tokens,
+            )
+            self.workers.append(
+                WorkerClient(spec.address, gateway_id=self.gateway_id, limits=limits, ping_interval=ping_interval, ping_timeout=ping_timeout)
+            )
+        self._rotate = itertools.count()
+
+    @classmethod
+    def from_config(cls, config: GatewayConfig) -> "WorkerPool":
+        return cls(
+            config.worker_specs or config.workers,
+            default_limits=QueueLimits(config.max_queued_requests, config.max_queued_tokens),
+            spill_factor=config.spill_factor,
+            ping_interval=config.ping_interval,
+            ping_timeout=config.ping_timeout,
+        )
 
     async def start(self) -> None:
         for w in self.workers:
@@ -43,28 +81,73 @@ class WorkerPool:
             out.setdefault(w.state.info.model_id, w)
         return out
 
-    def choose(self, model: str | None, conversation_id: str | None) -> tuple[WorkerClient, str]:
-        """Pick a worker: ``(worker, served model id)``.
+    def resolve_model(self, model: str | None) -> str:
+        """The served model id for a request's ``model``.
 
-        A conversation always maps to the same worker while the set of healthy
-        workers is unchanged (rendezvous hashing: no shared state needed
-        between gateways). Other requests go to the least-loaded worker.
+        A model some worker serves (or served before it went down) is
+        honoured; anything else (clients often send a placeholder such as
+        "gpt-4") maps to the first ready worker's model, as the single-model
+        seed did.
         """
+        known = {w.state.info.model_id for w in self.workers if w.state.info is not None}
+        if model in known:
+            return model  # type: ignore[return-value]
         ready = self.ready
         if not ready:
-            reasons = "; ".join(f"{w.address}: {w.state.reason}" for w in self.workers)
-            raise NoWorkerAvailable(f"no worker is ready ({reasons})")
-        candidates = [w for w in ready if w.state.info and w.state.info.model_id == model]
-        if not candidates:
-            if model:
-                log.warning("model %r is not served here; using %s", model, ready[0].state.info.model_id)  # type: ignore[union-attr]
-            first_model = ready[0].state.info.model_id  # type: ignore[union-attr]
-            candidates = [w for w in ready if w.state.info and w.state.info.model_id == first_model]
-        if conversation_id:
-            chosen = max(candidates, key=lambda w: _rendezvous_score(conversation_id, w.worker_id))
-        else:
-            chosen = min(candidates, key=lambda w: (w.state.inflight + w.state.load.waiting, w.state.load.running))
-        return chosen, chosen.state.info.model_id  # type: ignore[union-attr]
+            raise NoWorkerAvailable(self._why_none())
+        fallback = ready[0].state.info.model_id  # type: ignore[union-attr]
+        if model:
+            log.warning("model %r is not served here; using %s", model, fallback)
+        return fallback
+
+    def serving(self, model_id: str) -> list[WorkerClient]:
+        """Ready workers of one model, in configuration order."""
+        return [w for w in self.workers if w.ready and w.state.info is not None and w.state.info.model_id == model_id]
+
+    def choose(
+        self, model: str | None, conversation_id: str | None, *, exclude: Iterable[WorkerClient] = ()
+    ) -> tuple[WorkerClient, str]:
+        """Pick a worker: ``(worker, served model id)``.
+
+        With a ``conversation_id`` the conversation's own worker is chosen
+        (rendezvous hashing: every gateway agrees with no shared state),
+        unless it is far busier than the mean or its queue is full, when the
+        next-ranked worker takes the turn (it re-prefills the conversation).
+        Without one, the least-loaded worker. ``exclude``: workers that
+        already failed this request. Raises ``NoWorkerAvailable`` or
+        ``PoolFull``.
+        """
+        model_id = self.resolve_model(model)
+        skip = set(map(id, exclude))
+        workers = [w for w in self.serving(model_id) if id(w) not in skip]
+        if not workers:
+            raise NoWorkerAvailable(f"no worker for model {model_id} is ready ({self._why_none(model_id)})")
+        full = [w.queue_full() for w in workers]
+        cands = [
+            Candidate(w.worker_id, w.load(), w.state.info.max_running if w.state.info else 0, reason is not None)
+            for w, reason in zip(workers, full)
+        ]
+        picked = pick(cands, conversation_id, spill_factor=self.spill_factor, rotate=next(self._rotate))
+        if picked is None:
+            reasons = "; ".join(f"{w.worker_id}: {r}" for w, r in zip(workers, full))
+            raise PoolFull(f"every worker of {model_id} is at its queue limit ({reasons})")
+        i, spilled = picked
+        if spilled:
+            log.info("conversation %s spills to %s (its worker is busy or full)", conversation_id, workers[i].worker_id)
+        return workers[i], model_id
+
+    def owner(self, model: str | None, conversation_id: str) -> tuple[WorkerClient, str]:
+        """The worker a conversation's turns go to when nothing spills: the
+        one holding its KV (for the conversation endpoints, no load rule)."""
+        model_id = self.resolve_model(model)
+        workers = self.serving(model_id)
+        if not workers:
+            raise NoWorkerAvailable(f"no worker for model {model_id} is ready ({self._why_none(model_id)})")
+        return workers[rendezvous_order(conversation_id, [w.worker_id for w in workers])[0]], model_id
 
     def by_id(self, worker_id: str) -> WorkerClient | None:
         return next((w for w in self.workers if w.worker_id == worker_id), None)
+
+    def _why_none(self, model_id: str | None = None) -> str:
+        ws = [w for w in self.workers if model_id is None or (w.state.info and w.state.info.model_id == model_id)]
+        return "; ".join(f"{w.address}: {w.state.reason}" for w in ws) or "none configured"

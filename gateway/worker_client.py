@@ -6,6 +6,11 @@ control replies to futures. It watches the link (socket monitor for
 disconnects, pings answered by the worker's compute loop) and, when the
 worker goes away, ends every in-flight request with an error at once so no
 client hangs.
+
+It also keeps this gateway's view of the worker's queue (requests sent
+that have produced no token yet, and their prompt tokens still to
+prefill), which the pool compares with the queue limits before sending
+more work; the worker's own reported load covers other gateways' requests.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
+import msgspec
 import zmq
 import zmq.asyncio
 from zmq.utils.monitor import recv_monitor_message
@@ -51,18 +57,39 @@ class WorkerState:
     ready: bool = False
     reason: str = "connecting"
     info: WorkerInfo | None = None
-    load: WorkerLoad = field(default_factory=WorkerLoad)
+    load: WorkerLoad = field(default_factory=WorkerLoad)  # as last reported (all gateways)
     last_seen: float = 0.0
-    inflight: int = 0
+    inflight: int = 0  # this gateway's requests on the worker
+
+
+@dataclass(frozen=True)
+class QueueLimits:
+    """How much not-yet-running work this gateway lets queue on one worker
+    before it answers 503 itself (the worker enforces its own limit too)."""
+
+    max_requests: int = 0  # 0: the worker's own --max-queued, from its WorkerInfo
+    max_tokens: int = 65536  # prompt tokens waiting to be prefilled; 0: no limit
 
 
 class WorkerClient:
-    def __init__(self, address: str, *, gateway_id: str, ping_interval: float = 2.0, ping_timeout: float = 30.0):
+    def __init__(
+        self,
+        address: str,
+        *,
+        gateway_id: str,
+        limits: QueueLimits | None = None,
+        ping_interval: float = 2.0,
+        ping_timeout: float = 30.0,
+    ):
         self.address = address
         self.gateway_id = gateway_id
+        self.limits = limits or QueueLimits()
         self.ping_interval = ping_interval
         self.ping_timeout = ping_timeout
         self.state = WorkerState()
+        # request id -> prompt tokens still to prefill, for this gateway's
+        # requests that have produced no token yet (0 until the worker says).
+        self._waiting: dict[str, int] = {}
         self._ctx = zmq.asyncio.Context.instance()
         self._sock: zmq.asyncio.Socket | None = None
         self._streams: dict[str, asyncio.Queue[RequestOutput]] = {}
@@ -78,6 +105,27 @@ class WorkerClient:
     @property
     def worker_id(self) -> str:
         return self.state.info.worker_id if self.state.info else self.address
+
+    def queued(self) -> tuple[int, int]:
+        """``(requests, prompt tokens)`` waiting on this worker, as far as
+        this gateway knows: its own unstarted requests, or the worker's
+        reported waiting count when that is larger (other gateways)."""
+        return max(len(self._waiting), self.state.load.waiting), sum(self._waiting.values())
+
+    def load(self) -> int:
+        """Running + waiting sequences: the worker's last report, or this
+        gateway's own in-flight count when that is fresher and larger."""
+        return max(self.state.load.running + self.state.load.waiting, self.state.inflight)
+
+    def queue_full(self) -> str | None:
+        """Why this worker's queue is full from this gateway's view, or None."""
+        requests, tokens = self.queued()
+        max_requests = self.limits.max_requests or (self.state.info.max_queued if self.state.info else 0)
+        if max_requests and requests >= max_requests:
+            return f"{requests} requests are queued (limit {max_requests})"
+        if self.limits.max_tokens and requests and tokens >= self.limits.max_tokens:
+            return f"{tokens} prompt tokens are queued (limit {self.limits.max_tokens})"
+        return None
 
     async def start(self) -> None:
         sock = self._ctx.socket(zmq.DEALER)
@@ -117,16 +165,19 @@ class WorkerClient:
             raise WorkerUnavailable(self.state.reason)
         q: asyncio.Queue[RequestOutput] = asyncio.Queue()
         self._streams[request.request_id] = q
+        self._waiting[request.request_id] = 0
         try:
             await self._send(request)
         except WorkerUnavailable:
             self._streams.pop(request.request_id, None)
+            self._waiting.pop(request.request_id, None)
             raise
         self.state.inflight += 1
         return q
 
     def release(self, request_id: str) -> None:
         """Forget a finished request (its queue saw the final output)."""
+        self._waiting.pop(request_id, None)
         if self._streams.pop(request_id, None) is not None:
             self.state.inflight -= 1
 
@@ -185,6 +236,8 @@ class WorkerClient:
                     q = self._streams.get(out.request_id)
                     if q is not None:
                         q.put_nowait(out)
+                        if out.request_id in self._waiting:
+                            self._track_waiting(out)
             elif isinstance(msg, ControlReply):
                 fut = self._calls.get(msg.call_id)
                 if fut is not None and not fut.done():
@@ -194,6 +247,12 @@ class WorkerClient:
             elif isinstance(msg, GoingAway):
                 log.warning("worker %s is going away: %s", msg.worker_id, msg.reason)
                 self._mark_down(f"worker went away: {msg.reason}")
+
+    def _track_waiting(self, out: RequestOutput) -> None:
+        if out.tokens or out.content or out.reasoning or out.finish_reason:
+            del self._waiting[out.request_id]  # running (or done): no longer queued
+        elif out.started is not None:
+            self._waiting[out.request_id] = out.started.processing_tokens or out.prompt_tokens
 
     def _on_info(self, info: WorkerInfo) -> None:
         if info.protocol_version != PROTOCOL_VERSION:
@@ -230,7 +289,11 @@ class WorkerClient:
                 await self._send_hello()
                 continue
             try:
-                await self.call("ping", timeout=self.ping_timeout)
+                reply = await self.call("ping", timeout=self.ping_timeout)
+                # Workers report load with every step's outputs; the ping
+                # refreshes it when this gateway has nothing running there.
+                if isinstance(reply.result.get("load"), dict):
+                    self.state.load = msgspec.convert(reply.result["load"], WorkerLoad)
             except WorkerUnavailable:
                 if time.monotonic() - self.state.last_seen >= self.ping_timeout:
                     self._mark_down("worker stopped answering pings")
@@ -246,7 +309,9 @@ class WorkerClient:
         for rid, q in list(self._streams.items()):
             q.put_nowait(RequestOutput(request_id=rid, finish_reason="error", error=err, usage=Usage()))
         self._streams.clear()
+        self._waiting.clear()
         self.state.inflight = 0
+        self.state.load = WorkerLoad()  # a returning worker starts empty
         for fut in self._calls.values():
             if not fut.done():
                 fut.set_exception(WorkerUnavailable(reason))

@@ -13,6 +13,8 @@ import time
 from collections import defaultdict
 from typing import Any, Callable
 
+import msgspec
+
 from protocol.messages import (
     Abort,
     ChatRequest,
@@ -45,7 +47,9 @@ class Engine:
         self._owner: dict[str, bytes] = {}  # request id -> gateway
         # Whitelisted control calls; later features register theirs here.
         self.controls: dict[str, ControlHandler] = {
-            "ping": lambda _args: {"pong": True, "steps": self.scheduler.counters.steps},
+            # ping carries the load too: gateways with nothing running here
+            # still learn it (others' requests) for routing.
+            "ping": lambda _args: {"pong": True, "steps": self.scheduler.counters.steps, "load": msgspec.to_builtins(self._load())},
             "stats": lambda _args: self.stats(),
         }
 
