@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
 import uuid
@@ -12,14 +11,16 @@ from typing import AsyncIterator
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
-from protocol.messages import ChatRequest, RequestOutput, Usage
+from protocol.messages import ChatRequest, ErrorInfo, RequestOutput, Usage
 
 from ..config import GatewayConfig
 from ..conversation import resolve_conversation_id
 from ..errors import APIError
-from ..pool import NoWorkerAvailable, WorkerPool
+from ..limits import check_request_limits
+from ..pool import NoWorkerAvailable, PoolFull, WorkerPool
+from ..request_log import RequestRecord
 from ..responses import ChunkWriter, completion, conversation_headers
-from ..schemas import parse_chat_request
+from ..schemas import ChatCompletionRequest, parse_chat_request
 from ..worker_client import WorkerClient, WorkerUnavailable
 
 router = APIRouter()
@@ -27,10 +28,12 @@ log = logging.getLogger("kmlx.gateway.requests")
 
 
 def _request_id(request: Request) -> str:
-    given = request.headers.get("x-request-id", "")
-    if given and len(given) <= 128 and given.isascii() and given.isprintable():
-        return given
-    return f"chatcmpl-{uuid.uuid4().hex}"
+    # The request-id middleware (access.py) kept a sane client X-Request-Id;
+    # without one a completion gets OpenAI's id shape, echoed as X-Request-Id.
+    state = request.state
+    rid = state.request_id if getattr(state, "request_id_given", False) else f"chatcmpl-{uuid.uuid4().hex}"
+    state.request_id = rid
+    return rid
 
 
 def _error_from(out: RequestOutput) -> APIError:
@@ -47,22 +50,10 @@ async def chat_completions(request: Request) -> Response:
     if request.app.state.draining:
         raise APIError(503, "gateway is shutting down", code="shutting_down", headers={"Retry-After": "5"})
     body = parse_chat_request(await request.body())
+    check_request_limits(body, config.ops)
     request_id = _request_id(request)
     conversation_id = resolve_conversation_id(body, request, auto_id=config.conversation_auto_id)
-    try:
-        worker, model_id = pool.choose(body.model, conversation_id)
-    except NoWorkerAvailable as exc:
-        raise APIError(503, str(exc), code="no_worker", headers={"Retry-After": "2"}) from None
-    info = worker.state.info
-    assert info is not None
-    budget = body.completion_budget()
-    if budget is not None and budget > info.context_length:
-        raise APIError(
-            400,
-            f"max_tokens is {budget}, but this model's context is {info.context_length} tokens",
-            param="max_completion_tokens" if body.max_completion_tokens is not None else "max_tokens",
-            code="invalid_value",
-        )
+    deadline = time.time() + config.request_timeout if config.request_timeout else None
     wire = ChatRequest(
         request_id=request_id,
         messages=body.wire_messages(),
@@ -71,65 +62,173 @@ async def chat_completions(request: Request) -> Response:
         conversation_id=conversation_id,
         reset_conversation=bool(body.reset_conversation),
         tools=body.tools,
-        deadline=time.time() + config.request_timeout if config.request_timeout else None,
+        deadline=deadline,
     )
+    # A reset turn neither uses nor updates the conversation's KV, so it
+    # needs no particular worker: it goes to the least-loaded one.
+    affinity = None if body.reset_conversation else conversation_id
+    tried: list[WorkerClient] = []
+    retry_error: APIError | None = None
     started = time.perf_counter()
-    try:
-        queue = await worker.submit(wire)
-    except WorkerUnavailable as exc:
-        raise APIError(503, f"worker unavailable: {exc}", code="worker_unavailable", headers={"Retry-After": "2"}) from None
+    rec: RequestRecord = request.app.state.request_log.record(request)
+    while True:
+        worker, model_id, queue, first = await _start(pool, body, wire, affinity, tried, started, retry_error, rec=rec)
+        rec.submitted(wire, worker_id=worker.worker_id, model=model_id)
+        headers = {
+            **conversation_headers(conversation_id, first.started),
+            "X-Request-Id": request_id,
+            "X-Worker-Id": worker.worker_id,
+        }
+        relay = _Relay(worker, request_id, model_id, conversation_id, first, started, deadline, rec=rec)
+        if body.stream:
+            include_usage = bool(body.stream_options and body.stream_options.include_usage)
+            return StreamingResponse(
+                relay.sse(queue, include_usage, config.keep_alive_seconds),
+                media_type="text/event-stream",
+                headers={**headers, "Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+            )
+        response = await relay.collect(queue, request, headers)
+        if response is not None:
+            return response
+        # The worker failed mid-generation, but a non-streamed answer has not
+        # sent a byte yet: run the whole request again on another worker.
+        tried.append(worker)
+        retry_error = relay.retry_error
 
-    first = await queue.get()
-    headers = {
-        **conversation_headers(conversation_id, first.started),
-        "X-Request-Id": request_id,
-        "X-Worker-Id": worker.worker_id,
-    }
-    if first.finish_reason == "error":
-        worker.release(request_id)
-        _log(request_id, conversation_id, worker, model_id, first, started, status=first.error.status if first.error else 500)
+
+# Failures that are the worker's, not the request's: another worker may succeed.
+_RETRYABLE = frozenset({"worker_unavailable", "queue_full", "shutting_down"})
+_DEADLINE_GRACE = 5.0  # the worker expires requests itself; the gateway only backs it up
+
+
+async def _start(
+    pool: WorkerPool,
+    body: ChatCompletionRequest,
+    wire: ChatRequest,
+    affinity: str | None,
+    tried: list[WorkerClient],
+    started: float,
+    last: APIError | None = None,
+    *,
+    rec: RequestRecord,
+) -> tuple[WorkerClient, str, "asyncio.Queue[RequestOutput]", RequestOutput]:
+    """Choose a worker, send the request and wait for its first output (the
+    worker's admission). A worker that is down, full or draining is skipped
+    for the next choice: nothing has reached the client yet. ``last``: the
+    error to answer with if no other worker is left."""
+    while True:
+        try:
+            worker, model_id = pool.choose(body.model, affinity, exclude=tried)
+        except NoWorkerAvailable as exc:
+            raise last or APIError(503, str(exc), code="no_worker", headers={"Retry-After": "2"}) from None
+        except PoolFull as exc:
+            # Refused before any expensive work (tokenizing, prefill).
+            raise last or APIError(503, str(exc), code="queue_full", headers={"Retry-After": "1"}) from None
+        info = worker.state.info
+        assert info is not None
+        budget = body.completion_budget()
+        if budget is not None and budget > info.context_length:
+            raise APIError(
+                400,
+                f"max_tokens is {budget}, but this model's context is {info.context_length} tokens",
+                param="max_completion_tokens" if body.max_completion_tokens is not None else "max_tokens",
+                code="invalid_value",
+            )
+        try:
+            queue = await worker.submit(wire)
+        except WorkerUnavailable as exc:
+            tried.append(worker)
+            last = APIError(503, f"worker unavailable: {exc}", code="worker_unavailable", headers={"Retry-After": "2"})
+            continue
+        try:
+            first = await _first_output(queue, wire.deadline)
+        except BaseException:  # cancelled, or the deadline passed with no admission
+            worker.abort_nowait(wire.request_id)
+            raise
+        if first.finish_reason != "error":
+            return worker, model_id, queue, first
+        worker.release(wire.request_id)
         err = _error_from(first)
-        err.headers.update(headers)
-        raise err
-    relay = _Relay(worker, request_id, model_id, conversation_id, first, started)
-    if body.stream:
-        include_usage = bool(body.stream_options and body.stream_options.include_usage)
-        return StreamingResponse(
-            relay.sse(queue, include_usage, config.keep_alive_seconds),
-            media_type="text/event-stream",
-            headers={**headers, "Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        if first.error is not None and first.error.code in _RETRYABLE:
+            log.info("request %s: %s refused it (%s); trying another worker", wire.request_id, worker.worker_id, first.error.code)
+            tried.append(worker)
+            last = err
+            continue
+        _log(rec, wire.request_id, wire.conversation_id or "", worker, model_id, first, started, status=err.status, refused=True)
+        err.headers.update(
+            {**conversation_headers(wire.conversation_id, first.started), "X-Request-Id": wire.request_id, "X-Worker-Id": worker.worker_id}
         )
-    return await relay.collect(queue, request, headers)
+        raise err
+
+
+async def _first_output(queue: "asyncio.Queue[RequestOutput]", deadline: float | None) -> RequestOutput:
+    if deadline is None:
+        return await queue.get()
+    try:
+        return await asyncio.wait_for(queue.get(), max(0.0, deadline - time.time()) + _DEADLINE_GRACE)
+    except asyncio.TimeoutError:
+        raise APIError(504, "request deadline exceeded before the worker admitted it", code="deadline_exceeded") from None
 
 
 class _Relay:
     """Moves one request's outputs from the worker queue to the client, and
     makes sure the worker hears about it when the client leaves."""
 
-    def __init__(self, worker: WorkerClient, request_id: str, model: str, conversation_id: str, first: RequestOutput, started: float):
+    def __init__(
+        self, worker: WorkerClient, request_id: str, model: str, conversation_id: str, first: RequestOutput, started: float,
+        deadline: float | None = None, *, rec: RequestRecord,
+    ):
         self.worker = worker
         self.request_id = request_id
         self.model = model
         self.conversation_id = conversation_id
         self.first = first
         self.started = started
+        self.deadline = deadline
         self.created = int(time.time())
+        self.retry_error: APIError | None = None  # set when ``collect`` asks for a retry
+        self.rec = rec
+        self.text: tuple[list[str], list[str]] | None = ([], []) if rec.tracing else None  # streamed text, for the trace only
+
+    def _past_deadline(self) -> RequestOutput | None:
+        """Backstop for a worker that stops sending without dying: the
+        worker expires the deadline itself, so this fires only after a grace."""
+        if self.deadline is None or time.time() < self.deadline + _DEADLINE_GRACE:
+            return None
+        err = ErrorInfo("request deadline exceeded", type="timeout_error", code="deadline_exceeded", status=504)
+        return RequestOutput(self.request_id, finish_reason="error", error=err, usage=Usage())
 
     async def sse(self, queue: "asyncio.Queue[RequestOutput]", include_usage: bool, keep_alive: float) -> AsyncIterator[bytes]:
         writer = ChunkWriter(self.request_id, self.model, self.created)
         final: RequestOutput | None = None
+        timed_out = False
         try:
             yield writer.role()
             out = self.first
             while True:
-                if out.content or out.reasoning:
-                    yield writer.delta(out.content, out.reasoning)
+                # Outputs already queued go out as one chunk: when the gateway
+                # falls behind it writes fewer, larger chunks instead of lagging.
+                content, reasoning = out.content, out.reasoning
+                while out.finish_reason is None and not queue.empty():
+                    out = queue.get_nowait()
+                    content += out.content
+                    reasoning += out.reasoning
+                if content or reasoning:
+                    if self.text is not None:
+                        self.text[0].append(content)
+                        self.text[1].append(reasoning)
+                    yield writer.delta(content, reasoning)
                 if out.finish_reason is not None:
-                    final = out
+                    final = _worker_abort_as_error(out)
                     break
                 try:
                     out = await asyncio.wait_for(queue.get(), keep_alive)
                 except asyncio.TimeoutError:
+                    expired = self._past_deadline()
+                    if expired is not None:
+                        timed_out = True
+                        final = expired
+                        break
                     yield writer.keep_alive()  # also reveals a vanished client
                     out = RequestOutput(request_id=self.request_id)
             if final.finish_reason == "error":
@@ -140,30 +239,44 @@ class _Relay:
                     yield writer.usage(final.usage or Usage())
             yield writer.done()
         finally:
-            if final is None:
+            if final is None or timed_out:
                 self.worker.abort_nowait(self.request_id)
-                final = RequestOutput(request_id=self.request_id, finish_reason="abort")
+                final = final or RequestOutput(request_id=self.request_id, finish_reason="abort")
             else:
                 self.worker.release(self.request_id)
-            _log(self.request_id, self.conversation_id, self.worker, self.model, final, self.started, status=200)
+            text = {"content": "".join(self.text[0]), "reasoning": "".join(self.text[1])} if self.text is not None else {}
+            _log(self.rec, self.request_id, self.conversation_id, self.worker, self.model, final, self.started, status=200, **text)
 
-    async def collect(self, queue: "asyncio.Queue[RequestOutput]", request: Request, headers: dict[str, str]) -> Response:
+    async def collect(self, queue: "asyncio.Queue[RequestOutput]", request: Request, headers: dict[str, str]) -> Response | None:
+        """The whole answer as one JSON body; ``None`` when the worker failed
+        in a way another worker may not (the caller retries elsewhere)."""
         gather = asyncio.create_task(self._gather(queue))
         gone = asyncio.create_task(_client_gone(request))
-        await asyncio.wait({gather, gone}, return_when=asyncio.FIRST_COMPLETED)
-        if not gather.done():
+        timeout = None if self.deadline is None else max(0.0, self.deadline - time.time()) + _DEADLINE_GRACE
+        done, _ = await asyncio.wait({gather, gone}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        if gather not in done:
             gather.cancel()
             self.worker.abort_nowait(self.request_id)
-            _log(self.request_id, self.conversation_id, self.worker, self.model, RequestOutput(self.request_id, finish_reason="abort"), self.started, status=499)
-            return Response(status_code=499)
+            if gone in done:
+                _log(self.rec, self.request_id, self.conversation_id, self.worker, self.model, RequestOutput(self.request_id, finish_reason="abort"), self.started, status=499)
+                return Response(status_code=499)
+            gone.cancel()  # the deadline passed and the worker never finished
+            _log(self.rec, self.request_id, self.conversation_id, self.worker, self.model, RequestOutput(self.request_id, finish_reason="error"), self.started, status=504)
+            return APIError(504, "request deadline exceeded", code="deadline_exceeded").response(headers)
         gone.cancel()
         self.worker.release(self.request_id)
         content, reasoning, final = gather.result()
+        final = _worker_abort_as_error(final)
+        if final.finish_reason == "error" and final.error is not None and final.error.code in _RETRYABLE:
+            log.info("request %s: %s failed it (%s); retrying elsewhere", self.request_id, self.worker.worker_id, final.error.code)
+            self.retry_error = _error_from(final)
+            return None
         if final.finish_reason == "error":
             err = _error_from(final)
-            _log(self.request_id, self.conversation_id, self.worker, self.model, final, self.started, status=err.status)
+            _log(self.rec, self.request_id, self.conversation_id, self.worker, self.model, final, self.started, status=err.status)
             return err.response(headers)
-        _log(self.request_id, self.conversation_id, self.worker, self.model, final, self.started, status=200)
+        _log(self.rec, self.request_id, self.conversation_id, self.worker, self.model, final, self.started, status=200,
+             content=content, reasoning=reasoning)
         body = completion(
             request_id=self.request_id,
             model=self.model,
@@ -186,6 +299,15 @@ class _Relay:
         return "".join(content), "".join(reasoning), out
 
 
+def _worker_abort_as_error(out: RequestOutput) -> RequestOutput:
+    """A relay only ever sees ``abort`` when the worker cut the request
+    (shutdown past its drain timeout): say so instead of a silent "stop"."""
+    if out.finish_reason != "abort":
+        return out
+    err = ErrorInfo("the worker stopped this request (shutting down)", type="server_error", code="worker_unavailable", status=503)
+    return RequestOutput(out.request_id, finish_reason="error", error=err, usage=out.usage)
+
+
 async def _client_gone(request: Request) -> None:
     while True:
         message = await request.receive()
@@ -197,24 +319,12 @@ def _finish_reason(out: RequestOutput) -> str:
     return out.finish_reason if out.finish_reason in ("stop", "length", "tool_calls") else "stop"
 
 
-def _log(request_id: str, conversation_id: str, worker: WorkerClient, model: str, out: RequestOutput, started: float, *, status: int) -> None:
-    u = out.usage or Usage()
-    log.info(
-        json.dumps(
-            {
-                "event": "request",
-                "request_id": request_id,
-                "conversation_id": conversation_id,
-                "worker": worker.worker_id,
-                "model": model,
-                "status": status,
-                "finish_reason": out.finish_reason,
-                "prompt_tokens": u.prompt_tokens,
-                "cached_tokens": u.cached_tokens,
-                "completion_tokens": u.completion_tokens,
-                "ttft_s": round(u.ttft_seconds, 4),
-                "total_s": round(time.perf_counter() - started, 4),
-                "tokens_per_second": round((u.completion_tokens - 1) / u.decode_seconds, 2) if u.decode_seconds > 0 and u.completion_tokens > 1 else 0.0,
-            }
-        )
+def _log(
+    rec: RequestRecord, request_id: str, conversation_id: str, worker: WorkerClient, model: str, out: RequestOutput,
+    started: float, *, status: int, refused: bool = False, content: str | None = None, reasoning: str | None = None,
+) -> None:
+    """The request's one log line, metrics and trace entry (request_log.py)."""
+    rec.finished(
+        request_id=request_id, conversation_id=conversation_id, worker_id=worker.worker_id, model=model, out=out,
+        started=started, status=status, refused=refused, content=content, reasoning=reasoning,
     )
