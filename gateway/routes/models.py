@@ -37,6 +37,10 @@ async def health(request: Request) -> JSONResponse:
             "model": w.state.info.model_id if w.state.info else None,
             "context_length": w.state.info.context_length if w.state.info else None,
             "inflight": w.state.inflight,
+            "load": w.load(),
+            "queued_requests": w.queued()[0],
+            "queued_tokens": w.queued()[1],
+            "queue_full": w.queue_full(),
         }
         for w in pool.workers
     ]
@@ -50,15 +54,47 @@ async def health(request: Request) -> JSONResponse:
 
 @router.get("/v1/stats")
 async def stats(request: Request) -> dict[str, Any]:
-    """Each ready worker's own counters (asked through its compute loop)."""
+    """Each worker's own counters (asked through its compute loop), and their
+    sums over the pool (``total``) and per served model (``models``)."""
     pool: WorkerPool = request.app.state.pool
 
     async def one(w) -> dict[str, Any]:
+        if not w.ready:
+            return {"address": w.address, "ready": False, "error": w.state.reason}
         try:
             reply = await w.call("stats", timeout=5.0)
             return {"address": w.address, "ready": True, **reply.result}
         except WorkerUnavailable as exc:
             return {"address": w.address, "ready": False, "error": str(exc)}
 
-    results = await asyncio.gather(*(one(w) for w in pool.workers))
-    return {"workers": list(results)}
+    results = list(await asyncio.gather(*(one(w) for w in pool.workers)))
+    ready = [r for r in results if r["ready"]]
+    by_model: dict[str, list[dict[str, Any]]] = {}
+    for r in ready:
+        by_model.setdefault(str(r.get("model")), []).append(r)
+    return {
+        "workers": results,
+        "total": sum_counters(ready),
+        "models": {m: sum_counters(rs) for m, rs in by_model.items()},
+    }
+
+
+def sum_counters(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Numeric fields added up across workers, nested dicts (e.g. cache
+    stats) field by field; strings, flags and uptimes are left out."""
+    out: dict[str, Any] = {"workers": len(rows)}
+    for row in rows:
+        _add_into(out, row)
+    return out
+
+
+def _add_into(out: dict[str, Any], row: dict[str, Any]) -> None:
+    for k, v in row.items():
+        if k == "uptime_seconds" or isinstance(v, bool):
+            continue
+        if isinstance(v, (int, float)):
+            out[k] = out.get(k, 0) + v
+        elif isinstance(v, dict):
+            sub = out.setdefault(k, {})
+            if isinstance(sub, dict):
+                _add_into(sub, v)
