@@ -12,6 +12,7 @@ from fastapi import FastAPI
 
 from .config import GatewayConfig
 from .errors import install_error_handlers
+from .operations import install_operations
 from .pool import WorkerPool
 from .routes import chat, models
 
@@ -36,6 +37,7 @@ def create_app(config: GatewayConfig) -> FastAPI:
     app.state.pool = pool
     app.state.draining = False
     install_error_handlers(app)
+    install_operations(app, config.ops, pool)  # metrics, request log, API key, CORS, body cap, request ids
     app.include_router(chat.router)
     app.include_router(models.router)
     return app
