@@ -15,6 +15,8 @@ import time
 
 from protocol.messages import PROTOCOL_VERSION, WorkerInfo
 
+from .log_format import LOG_FORMATS, adopt_library_loggers, configure_logging
+
 DEFAULT_BIND = "tcp://127.0.0.1:5555"
 log = logging.getLogger("kmlx.worker")
 
@@ -41,6 +43,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--drain-timeout", type=float, default=30.0, help="seconds SIGTERM waits for running requests before aborting them")
     o = p.add_argument_group("output")
     o.add_argument("--log-level", default="INFO")
+    o.add_argument("--log-format", choices=LOG_FORMATS, default="text",
+                   help="text for people; json for one JSON object per line (each request's line carries its request_id)")
     return p
 
 
@@ -54,7 +58,7 @@ def _tokenizer_hash(tokenizer) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging(args.log_level, args.log_format)
 
     # Heavy imports only after argument parsing, so --help is instant.
     from .models import ModelLoadError, ensure_fast_blas, load_model
@@ -67,6 +71,7 @@ def main(argv: list[str] | None = None) -> None:
     except ModelLoadError as exc:
         print(f"kmlx-worker: {exc}", file=sys.stderr)
         raise SystemExit(2)
+    adopt_library_loggers()
     log.info(
         "loaded %s (%s weights, context %d) from %s in %.2fs",
         loaded.model_id, loaded.weights, loaded.context_length, loaded.path, time.perf_counter() - t0,

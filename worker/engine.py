@@ -138,14 +138,20 @@ class Engine:
         if isinstance(msg, ChatRequest):
             if self._draining:
                 err = ErrorInfo("worker is shutting down", type="overloaded_error", code="shutting_down", status=503)
-                self._send_now(client, StepOutputs(outputs=[rejection(msg.request_id, err)], load=self._load()))
+                self._send_now(client, StepOutputs(outputs=[_logged(rejection(msg.request_id, err))], load=self._load()))
                 return
             if msg.request_id in self._owner:
                 err = ErrorInfo(f"duplicate request id {msg.request_id}", code="duplicate_id")
-                self._send_now(client, StepOutputs(outputs=[rejection(msg.request_id, err)], load=self._load()))
+                self._send_now(client, StepOutputs(outputs=[_logged(rejection(msg.request_id, err))], load=self._load()))
                 return
             self._owner[msg.request_id] = client
-            self._queue(self.scheduler.admit(client, msg))
+            out = self.scheduler.admit(client, msg)
+            if out.finish_reason is None:
+                log.debug("request %s admitted", msg.request_id, extra={"fields": {
+                    "event": "admitted", "request_id": msg.request_id, "conversation_id": msg.conversation_id,
+                    "prompt_tokens": out.prompt_tokens, "cache": out.started.mode if out.started else None,
+                }})
+            self._queue(out)
         elif isinstance(msg, Abort):
             for rid in msg.request_ids:
                 out = self.scheduler.abort(rid)
@@ -191,6 +197,7 @@ class Engine:
             return
         if out.finish_reason is not None:
             del self._owner[out.request_id]
+            _logged(out)
         self._pending[client].append(out)
 
     def _flush(self) -> None:
@@ -208,3 +215,18 @@ class Engine:
     def _load(self) -> WorkerLoad:
         s = self.scheduler
         return WorkerLoad(running=s.running, waiting=s.waiting, kv_tokens=s.kv_tokens(), steps=s.counters.steps)
+
+def _logged(out: RequestOutput) -> RequestOutput:
+    """One line per finished request, keyed by the gateway's request id
+    (the gateway logs the same id), with the worker's own timings."""
+    u = out.usage
+    fields: dict[str, Any] = {"event": "finished", "request_id": out.request_id, "finish_reason": out.finish_reason}
+    if out.error is not None:
+        fields.update(error_code=out.error.code, status=out.error.status)
+    if u is not None:
+        fields.update(
+            prompt_tokens=u.prompt_tokens, cached_tokens=u.cached_tokens, completion_tokens=u.completion_tokens,
+            ttft_s=round(u.ttft_seconds, 4), queue_s=round(u.queue_seconds, 4), decode_s=round(u.decode_seconds, 4),
+        )
+    log.info("request %s %s", out.request_id, out.finish_reason, extra={"fields": fields})
+    return out
