@@ -13,9 +13,10 @@ import sys
 import threading
 import time
 
-from protocol.messages import PROTOCOL_VERSION, WorkerInfo
+from protocol.messages import PROTOCOL_VERSION, Abort, WorkerInfo
 
 from .log_format import LOG_FORMATS, adopt_library_loggers, configure_logging
+from .vision.options import add_vision_arguments, vision_scheduler
 
 DEFAULT_BIND = "tcp://127.0.0.1:5555"
 log = logging.getLogger("kmlx.worker")
@@ -41,6 +42,19 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--default-max-tokens", type=int, default=None, help="completion budget when a request sets none (default: the rest of the context)")
     s.add_argument("--max-tokens-limit", type=int, default=None, help="cap on any one completion; longer requests end with finish_reason=length")
     s.add_argument("--drain-timeout", type=float, default=30.0, help="seconds SIGTERM waits for running requests before aborting them")
+    c = p.add_argument_group("prompt caching")
+    c.add_argument("--disable-kv-cache", action="store_true", help="no conversation or prefix caching at all")
+    c.add_argument("--enable-prefix-caching", action=argparse.BooleanOptionalAction, default=True,
+                   help="keep the system prompt's KV on disk and start new conversations from it")
+    c.add_argument("--prompt-cache-dir", default="./.cache/mlx_prompt_caches/", help="where the system-prefix cache lives")
+    c.add_argument("--conversation-kv-max-tokens", type=int, default=131072, help="tokens kept per conversation (clamped to the context)")
+    c.add_argument("--conversation-max-convs", type=int, default=64, help="conversations kept in memory (least recently used go first)")
+    c.add_argument("--conversation-ttl-seconds", type=float, default=3600.0, help="idle time after which a conversation's KV is dropped")
+    c.add_argument("--conversation-max-gb", type=float, default=4.0, help="memory budget for all conversation caches together")
+    c.add_argument("--conversation-snapshots", type=int, default=1, help="earlier states kept per conversation, for caches that cannot be rolled back")
+    c.add_argument("--conversation-disk-dir", default="./.cache/kmlx_conversations/", help="where saved conversations go")
+    c.add_argument("--conversation-disk-max-gb", type=float, default=200.0, help="disk budget for saved conversations (413 past it)")
+    add_vision_arguments(p)  # --max-image-patches, --video-frames (docs/vision.md)
     o = p.add_argument_group("output")
     o.add_argument("--log-level", default="INFO")
     o.add_argument("--log-format", choices=LOG_FORMATS, default="text",
@@ -79,10 +93,36 @@ def main(argv: list[str] | None = None) -> None:
     serve(args, loaded)
 
 
+def _kv_manager(args: argparse.Namespace, loaded, tokenizer_hash: str):
+    from pathlib import Path
+
+    from .kv.conversations import ConversationLimits
+    from .kv.manager import KVConfig, PromptCacheManager
+
+    if args.disable_kv_cache:
+        return None
+    limits = ConversationLimits(
+        max_tokens=min(args.conversation_kv_max_tokens, loaded.context_length),
+        max_conversations=args.conversation_max_convs,
+        ttl_seconds=args.conversation_ttl_seconds,
+        max_bytes=int(args.conversation_max_gb * (1 << 30)),
+        snapshots=args.conversation_snapshots,
+    )
+    config = KVConfig(
+        enabled=True,
+        prefix_enabled=args.enable_prefix_caching,
+        prefix_dir=Path(args.prompt_cache_dir),
+        disk_dir=Path(args.conversation_disk_dir),
+        disk_max_bytes=int(args.conversation_disk_max_gb * (1 << 30)),
+        limits=limits,
+    )
+    return PromptCacheManager(config, model_id=loaded.model_id, tokenizer_hash=tokenizer_hash)
+
+
 def serve(args: argparse.Namespace, loaded) -> None:
     from .engine import Engine
     from .scheduler import Scheduler, SchedulerLimits
-    from .transport import Transport
+    from .transport import Incoming, Transport
 
     limits = SchedulerLimits(
         max_running=args.max_running,
@@ -91,8 +131,17 @@ def serve(args: argparse.Namespace, loaded) -> None:
         default_max_tokens=args.default_max_tokens,
         max_tokens_limit=args.max_tokens_limit,
     )
-    scheduler = Scheduler(
-        loaded.model, loaded.tokenizer, model_id=loaded.model_id, context_length=loaded.context_length, limits=limits
+    tokenizer_hash = _tokenizer_hash(loaded.tokenizer)
+    scheduler_cls, model = Scheduler, loaded.model
+    if loaded.is_vision:  # images/video beside text in the same batch (docs/vision.md)
+        scheduler_cls = vision_scheduler(loaded, args)
+    scheduler = scheduler_cls(
+        model,
+        loaded.tokenizer,
+        model_id=loaded.model_id,
+        context_length=loaded.context_length,
+        limits=limits,
+        kv=_kv_manager(args, loaded, tokenizer_hash),
     )
     info = WorkerInfo(
         protocol_version=PROTOCOL_VERSION,
@@ -101,13 +150,15 @@ def serve(args: argparse.Namespace, loaded) -> None:
         created=int(time.time()),
         context_length=loaded.context_length,
         capabilities=["chat"] + (["vision"] if loaded.is_vision else []),
-        tokenizer_hash=_tokenizer_hash(loaded.tokenizer),
+        tokenizer_hash=tokenizer_hash,
         max_running=args.max_running,
         max_queued=args.max_queued,
     )
     inbox: queue.Queue = queue.Queue()
     transport = Transport(args.bind, info, inbox)
     engine = Engine(scheduler, transport, inbox)
+    if hasattr(scheduler, "set_wake"):  # the media thread wakes an idle compute loop
+        scheduler.set_wake(lambda: inbox.put(Incoming(b"", Abort(request_ids=[]))))
     transport.start()
     log.info("worker %s serving %s on %s", info.worker_id, info.model_id, transport.endpoint)
 
@@ -132,5 +183,8 @@ def serve(args: argparse.Namespace, loaded) -> None:
         raise
     finally:
         engine.abort_all()
+        if scheduler.kv is not None and reason == "shutdown":
+            saved = scheduler.kv.save_all()  # a restart resumes these (loaded lazily)
+            log.info("saved %d conversation cache(s) for the next start", saved)
         transport.close(reason)
         log.info("worker stopped (%s)", reason)

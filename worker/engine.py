@@ -26,6 +26,7 @@ from protocol.messages import (
     WorkerLoad,
 )
 
+from .kv.manager import ControlError
 from .scheduler import Scheduler
 from .sequence import rejection
 from .transport import GatewayGone, Incoming, Transport
@@ -52,6 +53,11 @@ class Engine:
             "ping": lambda _args: {"pong": True, "steps": self.scheduler.counters.steps, "load": msgspec.to_builtins(self._load())},
             "stats": lambda _args: self.stats(),
         }
+        kv = scheduler.kv
+        if kv is not None:
+            self.controls.update(
+                conv_save=kv.save, conv_load=kv.load, conv_stats=kv.stats, conv_delete=kv.delete
+            )
 
     # ------------------------------------------------------------------ #
     def run(self) -> None:
@@ -109,6 +115,7 @@ class Engine:
             "generation_tokens": c.generation_tokens,
             "steps": c.steps,
             "draining": self._draining,
+            "kv_cache": self.scheduler.kv.summary() if self.scheduler.kv else {"enabled": False},
         }
 
     # ------------------------------------------------------------------ #
@@ -146,6 +153,8 @@ class Engine:
                 return
             self._owner[msg.request_id] = client
             out = self.scheduler.admit(client, msg)
+            if out is None:  # a vision request: its first output comes from a later step
+                return
             if out.finish_reason is None:
                 log.debug("request %s admitted", msg.request_id, extra={"fields": {
                     "event": "admitted", "request_id": msg.request_id, "conversation_id": msg.conversation_id,
@@ -166,6 +175,8 @@ class Engine:
             return ControlReply(call.call_id, ok=False, error=ErrorInfo(f"unknown control call {call.method}", status=404))
         try:
             return ControlReply(call.call_id, result=handler(call.args))
+        except ControlError as exc:
+            return ControlReply(call.call_id, ok=False, error=ErrorInfo(str(exc), code=exc.code, status=exc.status))
         except LookupError as exc:
             return ControlReply(call.call_id, ok=False, error=ErrorInfo(str(exc), status=404))
         except ValueError as exc:
@@ -215,6 +226,7 @@ class Engine:
     def _load(self) -> WorkerLoad:
         s = self.scheduler
         return WorkerLoad(running=s.running, waiting=s.waiting, kv_tokens=s.kv_tokens(), steps=s.counters.steps)
+
 
 def _logged(out: RequestOutput) -> RequestOutput:
     """One line per finished request, keyed by the gateway's request id

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,6 +23,8 @@ class PromptError(ValueError):
 class Prompt:
     token_ids: list[int]
     starts_in_reasoning: bool  # the template opened <think> for the model
+    system_tokens: int = 0  # length of the rendered leading system message(s)
+    message_hashes: tuple[str, ...] = ()
 
 
 def _text_of(content: Any, *, model_id: str, index: int) -> str:
@@ -79,4 +83,29 @@ def render_prompt(
     # Templates such as Qwen3's open the block in the generation prompt; the
     # model's output then only ever shows the closing tag.
     opened = text.rstrip().endswith(THINK_OPEN)
-    return Prompt(token_ids=list(ids), starts_in_reasoning=opened)
+    return Prompt(
+        token_ids=list(ids),
+        starts_in_reasoning=opened,
+        system_tokens=_system_tokens(tokenizer, chat, ids),
+        message_hashes=tuple(_hash(m) for m in chat),
+    )
+
+
+def _system_tokens(tokenizer: Any, chat: list[dict[str, Any]], ids: list[int]) -> int:
+    """Where the leading system message(s) end in ``ids`` (0 if none, or if
+    the template renders them differently on their own)."""
+    n = 0
+    while n < len(chat) and chat[n]["role"] == "system":
+        n += 1
+    if n == 0 or n == len(chat):
+        return 0
+    try:
+        text = tokenizer.apply_chat_template(chat[:n], tokenize=False, add_generation_prompt=False)
+    except Exception:
+        return 0
+    head = tokenizer.encode(text, add_special_tokens=False)
+    return len(head) if head == ids[: len(head)] else 0
+
+
+def _hash(message: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(message, sort_keys=True, ensure_ascii=False).encode()).hexdigest()[:16]

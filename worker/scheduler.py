@@ -16,6 +16,7 @@ from mlx_lm.generate import BatchGenerator, StopSequences
 
 from protocol.messages import CacheInfo, ChatRequest, ErrorInfo, RequestOutput
 
+from .kv.manager import Plan, PromptCacheManager
 from .prompt import PromptError, render_prompt
 from .sampling import make_logits_processors, make_sampler
 from .sequence import Sequence, rejection
@@ -44,8 +45,18 @@ class SchedulerCounters:
 
 
 class Scheduler:
-    def __init__(self, model: Any, tokenizer: Any, *, model_id: str, context_length: int, limits: SchedulerLimits):
+    def __init__(
+        self,
+        model: Any,
+        tokenizer: Any,
+        *,
+        model_id: str,
+        context_length: int,
+        limits: SchedulerLimits,
+        kv: PromptCacheManager | None = None,
+    ):
         self.tokenizer = tokenizer
+        self.kv = kv
         self.model_id = model_id
         self.context_length = context_length
         self.limits = limits
@@ -63,6 +74,7 @@ class Scheduler:
         self._no_stop = StopSequences([])
         self._by_uid: dict[int, Sequence] = {}
         self._by_id: dict[str, Sequence] = {}
+        self._retired: dict[int, Sequence] = {}  # finished by a stop string, awaiting removal
 
     # ------------------------------------------------------------------ #
     @property
@@ -115,6 +127,8 @@ class Scheduler:
         wanted = req.sampling.max_tokens or self.limits.default_max_tokens or room
         max_tokens = max(1, min(wanted, room, self.limits.max_tokens_limit or room))
 
+        plan = self.kv.plan(req, prompt.token_ids, prompt.system_tokens) if self.kv else Plan(CacheInfo("disabled", 0, n_prompt))
+        cached = plan.info.cached_tokens
         seq = Sequence(
             request=req,
             client=client,
@@ -124,10 +138,13 @@ class Scheduler:
                 req.sampling.stop, strip_thinking=req.strip_thinking, starts_in_reasoning=prompt.starts_in_reasoning
             ),
             max_tokens=max_tokens,
-            cache=CacheInfo(mode="disabled", cached_tokens=0, processing_tokens=n_prompt),
+            cache=plan.info,
+            plan=plan,
         )
         (uid,) = self._batch.insert(
-            [prompt.token_ids],
+            [prompt.token_ids[cached:]],
+            caches=[plan.cache] if plan.cache is not None else None,
+            all_tokens=[prompt.token_ids[:cached]],
             max_tokens=[max_tokens],
             samplers=[make_sampler(req.sampling)],
             logits_processors=[make_logits_processors(req.sampling)],
@@ -137,7 +154,7 @@ class Scheduler:
         self._by_uid[uid] = seq
         self._by_id[req.request_id] = seq
         self.counters.admitted += 1
-        self.counters.prompt_tokens += n_prompt
+        self.counters.prompt_tokens += n_prompt - cached
         # Announce the cache decision now, so the gateway can send response
         # headers before a long prefill finishes.
         return seq.output()
@@ -171,13 +188,19 @@ class Scheduler:
             seq = self._by_uid.get(r.uid)
             if seq is None:
                 continue
+            if r.finish_reason is not None:
+                seq.final_state = (r.all_tokens, r.prompt_cache)
             out = self._on_token(seq, r.token, r.finish_reason, now)
             if out is not None:
                 outputs.append(out)
             if seq.finished and r.finish_reason is None:
                 stopped_early.append(r.uid)  # a stop string: still in the batch
         if stopped_early:
-            self._batch.remove(stopped_early)
+            states = self._batch.remove(stopped_early, return_prompt_caches=self.kv is not None)
+            for uid in stopped_early:
+                seq = self._retired.pop(uid)
+                cache, tokens = states.get(uid, (None, None))
+                self._commit(seq, tokens, cache)
         return outputs
 
     def _on_token(self, seq: Sequence, token: int, finish: str | None, now: float) -> RequestOutput | None:
@@ -206,7 +229,17 @@ class Scheduler:
         self._by_uid.pop(seq.uid, None)
         self._by_id.pop(seq.request_id, None)
         self.counters.finished += 1
+        if reason in ("stop", "length") and seq.final_state is None:
+            self._retired[seq.uid] = seq  # stopped by a stop string: state comes with its removal
+        elif reason in ("stop", "length"):
+            self._commit(seq, *seq.final_state)
+        else:
+            self._commit(seq, None, None)  # aborted or failed: nothing is committed
         return seq.final(reason, content, reasoning, error=error)  # type: ignore[arg-type]
+
+    def _commit(self, seq: Sequence, tokens: list[int] | None, cache: list | None) -> None:
+        if self.kv is not None and seq.plan is not None:
+            self.kv.finish(seq.plan, tokens, cache, hashes=list(seq.prompt.message_hashes), boundaries=[seq.prompt.system_tokens])
 
     def close(self) -> None:
         self._batch.close()

@@ -29,6 +29,8 @@ class Sequence:
     completion_tokens: int = 0
     started_sent: bool = False
     finished: bool = False
+    plan: Any = None  # the prompt-cache plan (worker.kv.manager.Plan)
+    final_state: tuple[list[int], list] | None = None  # (tokens, KV cache) at a normal finish
 
     @property
     def request_id(self) -> str:

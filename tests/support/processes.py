@@ -63,6 +63,13 @@ def spawn(name: str, args: list[str], log_dir: Path, env: dict[str, str] | None 
 def start_worker(model: str | Path, log_dir: Path, *, port: int | None = None, args: list[str] = (), name: str = "worker") -> tuple[Proc, str]:
     port = port or free_port()
     address = f"tcp://127.0.0.1:{port}"
+    args = list(args)
+    # Caches on disk are private to the test run unless a test picks the dirs.
+    cache_root = log_dir / f"caches-{name}-{port}"
+    if "--prompt-cache-dir" not in args:
+        args += ["--prompt-cache-dir", str(cache_root / "prefix")]
+    if "--conversation-disk-dir" not in args:
+        args += ["--conversation-disk-dir", str(cache_root / "conversations")]
     proc = spawn(name, ["-m", "worker", "-m", str(model), "--bind", address, "--name", name, *args], log_dir)
     return proc, address
 

@@ -1,0 +1,99 @@
+"""`/v1/conv_kv/*`: save, load, list and delete conversation caches.
+
+Each call goes to the worker that owns the conversation (the same routing
+as chat requests); `stats` asks every worker and merges the lists.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+from fastapi import APIRouter, Request
+
+from ..conversation import validate_conversation_id
+from ..errors import APIError
+from ..pool import NoWorkerAvailable, WorkerPool
+from ..worker_client import WorkerClient, WorkerUnavailable
+
+router = APIRouter(prefix="/v1/conv_kv")
+
+
+async def _body(request: Request) -> dict[str, Any]:
+    raw = await request.body()
+    try:
+        data = json.loads(raw or b"{}")
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise APIError(400, f"request body is not valid JSON: {exc}", code="invalid_json") from None
+    if not isinstance(data, dict):
+        raise APIError(400, "request body must be a JSON object", code="invalid_json")
+    return data
+
+
+def _conversation_id(data: dict[str, Any]) -> str:
+    for key in ("conversation", "conversation_id"):
+        value = data.get(key)
+        if value is not None and not isinstance(value, str):
+            raise APIError(400, f"{key} must be a string", param=key, code="invalid_value")
+        if value:
+            return validate_conversation_id(value, param=key)
+    raise APIError(400, "a conversation id is required (`conversation` or `conversation_id`)", param="conversation", code="missing_conversation_id")
+
+
+def _owner(request: Request, conversation_id: str) -> WorkerClient:
+    pool: WorkerPool = request.app.state.pool
+    try:
+        worker, _model = pool.choose(None, conversation_id)
+    except NoWorkerAvailable as exc:
+        raise APIError(503, str(exc), code="no_worker", headers={"Retry-After": "2"}) from None
+    return worker
+
+
+async def _call(worker: WorkerClient, method: str, args: dict[str, Any]) -> dict[str, Any]:
+    try:
+        reply = await worker.call(method, args, timeout=120.0)
+    except WorkerUnavailable as exc:
+        raise APIError(503, f"worker unavailable: {exc}", code="worker_unavailable", headers={"Retry-After": "2"}) from None
+    if not reply.ok:
+        e = reply.error
+        assert e is not None
+        raise APIError(e.status, e.message, code=e.code)
+    return reply.result
+
+
+@router.post("/save")
+async def save(request: Request) -> dict[str, Any]:
+    data = await _body(request)
+    conv = _conversation_id(data)
+    title = data.get("title")
+    if title is not None and (not isinstance(title, str) or len(title) > 512):
+        raise APIError(400, "title must be a string of at most 512 characters", param="title", code="invalid_value")
+    return await _call(_owner(request, conv), "conv_save", {"conversation_id": conv, "title": title})
+
+
+@router.post("/load")
+async def load(request: Request) -> dict[str, Any]:
+    conv = _conversation_id(await _body(request))
+    return await _call(_owner(request, conv), "conv_load", {"conversation_id": conv})
+
+
+@router.get("/stats")
+async def stats(request: Request) -> dict[str, Any]:
+    pool: WorkerPool = request.app.state.pool
+    if not pool.ready:
+        raise APIError(503, "no worker is ready", code="no_worker", headers={"Retry-After": "2"})
+    results = await asyncio.gather(*(_call(w, "conv_stats", {}) for w in pool.ready), return_exceptions=True)
+    items: list[dict[str, Any]] = []
+    memory: list[dict[str, Any]] = []
+    for w, r in zip(pool.ready, results):
+        if isinstance(r, dict):
+            items += [{**i, "worker": w.worker_id} for i in r.get("items", [])]
+            memory += [{**i, "worker": w.worker_id} for i in r.get("in_memory", [])]
+    return {"items": items, "in_memory": memory}
+
+
+@router.delete("/{conversation_id}")
+async def delete(request: Request, conversation_id: str) -> dict[str, Any]:
+    conv = validate_conversation_id(conversation_id, param="conversation_id")
+    return await _call(_owner(request, conv), "conv_delete", {"conversation_id": conv})

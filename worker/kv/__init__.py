@@ -1,0 +1,1 @@
+"""Prompt caching: conversation KV, the system-prefix cache, and their files."""
