@@ -1,31 +1,56 @@
-"""`python -m bench` (or `make bench`): kmlx's benchmarks, side by side.
+"""`python -m bench [SUITE]` (or `make bench`): kmlx's benchmarks, side by side.
 
-    python -m bench                 serving overhead on the tiny model
-    python -m bench --model default the same on the real default model
+    python -m bench                          serving overhead (tiny model)
+    python -m bench serving --model default  the same on the real default model
+    python -m bench cache                    prompt caching (real default model)
+    python -m bench all                      every suite
 """
 
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import Callable
+
+
+def _serving(args: argparse.Namespace, model: Path) -> None:
+    from .serving import run
+
+    run(model, max_tokens=args.max_tokens, repeats=args.repeats)
+
+
+def _cache(args: argparse.Namespace, model: Path) -> None:
+    from .prompt_cache import run
+
+    run(model, turns=args.turns, system_tokens=args.system_tokens)
+
+
+# suite -> (runner, the model it uses unless --model says otherwise)
+SUITES: dict[str, tuple[Callable[[argparse.Namespace, Path], None], str]] = {
+    "serving": (_serving, "tiny"),
+    "cache": (_cache, "default"),
+}
 
 
 def main() -> None:
     p = argparse.ArgumentParser(prog="python -m bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("suite", nargs="?", default="serving", choices=["serving"])
-    p.add_argument("--model", default="tiny", help="tiny | default | a model folder")
-    p.add_argument("--max-tokens", type=int, default=256)
-    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("suite", nargs="?", default="serving", choices=[*SUITES, "all"])
+    p.add_argument("--model", default=None, help="tiny | default | a model folder (default: the suite's own)")
+    p.add_argument("--max-tokens", type=int, default=256, help="serving: new tokens per stream")
+    p.add_argument("--repeats", type=int, default=3, help="serving: runs per measurement (median)")
+    p.add_argument("--turns", type=int, default=10, help="cache: turns of the growing chat")
+    p.add_argument("--system-tokens", type=int, default=2000, help="cache: size of the long system prompt")
     args = p.parse_args()
 
     from worker.models import build_tiny_model, ensure_default_model, ensure_fast_blas
 
     print(f"BLAS: {ensure_fast_blas()}")  # same BLAS as the worker, for a fair baseline
-    model = {"tiny": build_tiny_model, "default": ensure_default_model}.get(args.model, lambda: Path(args.model))()
-    if args.suite == "serving":
-        from .serving import run
-
-        run(Path(model), max_tokens=args.max_tokens, repeats=args.repeats)
+    for name in SUITES if args.suite == "all" else [args.suite]:
+        runner, default_model = SUITES[name]
+        which = args.model or default_model
+        model = {"tiny": build_tiny_model, "default": ensure_default_model}.get(which, lambda: Path(which))()
+        print(f"\n=== {name} ===")
+        runner(args, Path(model))
 
 
 if __name__ == "__main__":
