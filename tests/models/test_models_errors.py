@@ -122,3 +122,4 @@ def test_unreachable_hub_fails_fast_in_one_line(tmp_path):
     assert len(lines) == 1, run.stdout + run.stderr
     assert "kmlx-tests/no-such-repo-7f3a" in lines[0]
     assert "local path" in lines[0]
+

@@ -78,3 +78,25 @@ def test_tiny_model_is_deterministic_and_fast(tmp_path, tiny_model_path, capsys)
     generate(loaded.model, loaded.tokenizer, prompt, max_tokens=64, verbose=False)
     with capsys.disabled():
         print(f"\n[models] tiny model: 64 tokens in {time.perf_counter() - start:.2f} s")
+
+
+def test_vision_flag_loads_through_mlx_vlm(tiny_model_path):
+    """The vision hook: -V (vision=True) hands the folder to mlx-vlm, which has a llama too."""
+    from mlx_lm.tokenizer_utils import TokenizerWrapper
+
+    from worker.models import load_model
+
+    loaded = load_model(str(tiny_model_path), vision=True)
+    assert loaded.is_vision and loaded.processor is not None
+    assert type(loaded.model).__module__.startswith("mlx_vlm.")
+    assert isinstance(loaded.tokenizer, TokenizerWrapper)
+    assert loaded.tokenizer.encode("Hi <|im_end|>")[-1] == 2
+
+
+def test_vision_is_detected_from_config():
+    from worker.models.loader import context_length, has_vision
+
+    assert has_vision({"model_type": "qwen2_vl", "vision_config": {"depth": 2}})
+    assert not has_vision({"model_type": "llama"})
+    assert context_length({"text_config": {"max_position_embeddings": 32768}}) == 32768
+    assert context_length({}) == 4096
