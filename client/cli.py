@@ -23,6 +23,7 @@ from client.config import (
 
 if TYPE_CHECKING:
     from client.api import Gateway
+    from client.turn import ChatSettings
 
 app = typer.Typer(
     name="kmlx",
@@ -129,18 +130,11 @@ def chat(
       git diff | kmlx chat -s "Write a commit message for this diff."
     """
     from client.conversation import Conversation
-    from client.errors import ClientError
     from client.turn import ChatSettings
 
     interactive = prompt is None and sys.stdin.isatty()
     if interactive and image:
         raise _fail("--image goes with -p or piped input; in the chat, type image:PATH")
-    text = prompt
-    if not interactive and text is None:
-        text = sys.stdin.read()
-        if not text.strip():
-            raise _fail("nothing to ask: stdin was empty (use -p TEXT, or run in a terminal to chat)")
-
     settings = ChatSettings(
         model=model,
         max_tokens=max_tokens,
@@ -152,38 +146,66 @@ def chat(
     conv = Conversation(system=system)
     if conversation_id:
         conv.id = conversation_id
-    with _gateway(base_url, api_key) as gw:
-        try:
-            settings.model = settings.model or _default_model(gw)
-        except ClientError as exc:
-            raise _fail(str(exc), exc.exit_code) from None
-        if interactive:
-            from client.config import history_path
-            from client.repl import Repl
+    try:
+        text = prompt
+        if not interactive and text is None:
+            text = sys.stdin.read()
+            if not text.strip():
+                raise _fail("nothing to ask: stdin was empty (use -p TEXT, or run in a terminal to chat)")
+        with _gateway(base_url, api_key) as gw:
+            _resolve_model(gw, settings, check=interactive)
+            if interactive:
+                from client.config import history_path
+                from client.repl import Repl
 
-            repl = Repl(
-                gw,
-                conv,
-                settings,
-                verbose=verbose,
-                show_reasoning=not hide_reasoning,
-                markdown=markdown,
-                history_file=history_path(),
-            )
-            raise typer.Exit(repl.run())
-        from client.oneshot import run_oneshot
+                repl = Repl(
+                    gw,
+                    conv,
+                    settings,
+                    verbose=verbose,
+                    show_reasoning=not hide_reasoning,
+                    markdown=markdown,
+                    history_file=history_path(),
+                )
+                code = repl.run()
+            else:
+                from client.oneshot import run_oneshot
 
-        code = run_oneshot(
-            gw,
-            conv,
-            settings,
-            text or "",
-            images=image,
-            parse_images=prompt is not None,
-            verbose=verbose,
-            show_reasoning=not hide_reasoning,
-        )
-        raise typer.Exit(code)
+                code = run_oneshot(
+                    gw,
+                    conv,
+                    settings,
+                    text or "",
+                    images=image,
+                    parse_images=prompt is not None,
+                    verbose=verbose,
+                    show_reasoning=not hide_reasoning,
+                )
+    except KeyboardInterrupt:  # outside a turn (turns handle their own)
+        code = 130
+    raise typer.Exit(code)
+
+
+def _resolve_model(gw: "Gateway", settings: "ChatSettings", *, check: bool) -> None:
+    """Default to the gateway's first model. With `check` (the REPL), ask even
+    when a model was given: 'gateway not running' or 'no such model' is
+    better said before anyone types a question."""
+    from client.errors import ApiError, ClientError
+
+    if settings.model and not check:
+        return
+    try:
+        models = gw.models()
+    except ApiError:
+        return  # an OpenAI-compatible server without /models: let it choose
+    except ClientError as exc:
+        raise _fail(str(exc), exc.exit_code) from None
+    ids = [str(m.get("id")) for m in models]
+    if not settings.model:
+        settings.model = ids[0] if ids else None
+    elif ids and settings.model not in ids:
+        typer.secho(f"kmlx: warning: the gateway lists no model {settings.model!r} (it serves: {', '.join(ids)})",
+                    err=True, fg=typer.colors.YELLOW)
 
 
 def _parse_options(items: list[str]) -> dict[str, object]:
@@ -199,18 +221,6 @@ def _parse_options(items: list[str]) -> dict[str, object]:
         except json.JSONDecodeError:
             extra[key.strip()] = raw  # a bare word is a string
     return extra
-
-
-def _default_model(gw: "Gateway") -> str | None:
-    """The gateway's first model; None lets the gateway choose if it cannot say.
-    Asking first also turns 'gateway not running' into a message up front."""
-    from client.errors import ApiError
-
-    try:
-        models = gw.models()
-    except ApiError:
-        return None
-    return str(models[0].get("id")) if models else None
 
 
 @app.command()

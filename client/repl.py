@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from prompt_toolkit import PromptSession
+from prompt_toolkit.filters import is_searching
 from prompt_toolkit.history import FileHistory, History, InMemoryHistory
 from prompt_toolkit.key_binding import KeyBindings, KeyPressEvent
 from rich.console import Console
@@ -59,7 +60,7 @@ def _fence_open(text: str) -> bool:
 def key_bindings() -> KeyBindings:
     kb = KeyBindings()
 
-    @kb.add("enter")
+    @kb.add("enter", filter=~is_searching)  # in Ctrl-R search, Enter picks the match
     def _enter(event: KeyPressEvent) -> None:
         buf = event.current_buffer
         if _fence_open(buf.text):
@@ -220,7 +221,7 @@ class Repl:
         if result.interrupted:
             self.out.notice("(stopped; this turn was not kept · Ctrl-C again or Ctrl-D to quit)")
             return True
-        if result.finish_reason == "length":
+        if result.finish_reason == "length" and not self.verbose:  # verbose says "finish length"
             self.out.notice("(answer cut at --max-tokens)")
         if self.verbose:
             self.out.stats(format_stats(result))

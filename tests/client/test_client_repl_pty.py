@@ -138,6 +138,18 @@ def test_history_persists_across_sessions(fake_gateway: FakeGateway, client_env:
     child.expect_exact("You said: remember me")
     child.expect_exact(PROMPT)
     assert fake_gateway.chat_requests[-1]["messages"][-1]["content"] == "remember me"
+    say(child, "other words")
+    child.expect_exact("You said: other words")
+    child.expect_exact(PROMPT)
+    child.sendcontrol("r")  # reverse search: Enter takes the match, Enter sends it
+    child.expect_exact("I-search")
+    child.send("remem")
+    child.expect_exact("ber me")
+    child.send("\r")
+    child.send("\r")
+    child.expect_exact("You said: remember me")
+    child.expect_exact(PROMPT)
+    assert fake_gateway.chat_requests[-1]["messages"][-1]["content"] == "remember me"
     child.sendcontrol("d")
     assert finish(child) == 0
 
