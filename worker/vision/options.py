@@ -1,0 +1,35 @@
+"""The worker's vision flags (kept here so worker/cli.py only calls in)."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from .media import MediaLimits
+
+
+def add_vision_arguments(p: argparse.ArgumentParser) -> None:
+    v = p.add_argument_group("vision (docs/vision.md)")
+    v.add_argument("--max-image-patches", type=int, default=1536,
+                   help="images are downscaled to at most this many 32x32 patches (the seed's limit)")
+    v.add_argument("--video-frames", type=int, default=8,
+                   help="evenly spaced frames taken from a video; together they get one image's patch budget")
+    v.add_argument("--max-source-megapixels", type=float, default=64.0,
+                   help="refuse to decode images or video frames larger than this (decompression bombs)")
+
+
+def media_limits_from_args(args: argparse.Namespace) -> MediaLimits:
+    return MediaLimits(
+        max_image_patches=max(1, args.max_image_patches),
+        video_frames=max(1, args.video_frames),
+        max_source_pixels=max(1, int(args.max_source_megapixels * 1_000_000)),
+    )
+
+
+def vision_scheduler(loaded: Any, args: argparse.Namespace) -> Any:
+    """A constructor taking the base Scheduler's arguments, for a vision model."""
+    import functools
+
+    from .scheduler import VisionScheduler
+
+    return functools.partial(VisionScheduler, processor=loaded.processor, media=media_limits_from_args(args))

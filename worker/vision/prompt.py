@@ -1,0 +1,174 @@
+"""Chat messages with images or video -> model inputs (token ids + pixels).
+
+Two halves. On the media thread (``prepare_media``): decode every media
+part (``media.py``), render the chat template with an image placeholder
+where each image was (a video becomes its frames, in order), and run the
+image processor. On the compute thread (``tokenize``): let the model's
+mlx-vlm processor expand the placeholders, tokenize and make the arrays. The prompt size the client is billed
+for is the length of that token sequence, image tokens included.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from ..prompt import PromptError
+from ..text_stream import THINK_OPEN
+from .media import MediaError, MediaLimits, data_url_bytes, load_image, load_video_frames
+
+MEDIA_KINDS = ("image_url", "input_image", "video_url")
+
+
+@dataclass
+class PreparedMedia:
+    """The media thread's result: everything slow, nothing MLX."""
+
+    text: str  # the rendered chat template, one placeholder per image
+    images: list[Any]  # RGB PIL images in prompt order (video frames included)
+    image_inputs: Any  # the image processor's numpy output, or None
+    starts_in_reasoning: bool
+
+
+@dataclass
+class VisionPrompt:
+    input_ids: Any  # mx.array (1, L)
+    pixel_values: Any  # mx.array or None
+    extra: dict[str, Any]  # the rest of the processor output (e.g. image_grid_thw)
+    token_ids: list[int]
+    starts_in_reasoning: bool
+    images: int  # images fed to the model (video frames included)
+
+
+def has_media(messages: list[dict[str, Any]]) -> bool:
+    for m in messages:
+        content = m.get("content")
+        if isinstance(content, list) and any(isinstance(p, dict) and p.get("type") in MEDIA_KINDS for p in content):
+            return True
+    return False
+
+
+def _url_of(part: dict[str, Any]) -> str:
+    ref = part.get(part["type"])
+    if isinstance(ref, dict):
+        return str(ref.get("url", ""))
+    return str(ref or "")
+
+
+def _chat_and_images(
+    messages: list[dict[str, Any]], limits: MediaLimits
+) -> tuple[list[dict[str, Any]], list[Any]]:
+    """Template-ready messages (media parts -> ``{"type": "image"}``) and the
+    decoded images in prompt order."""
+    chat: list[dict[str, Any]] = []
+    images: list[Any] = []
+    for i, m in enumerate(messages):
+        role = "system" if m["role"] == "developer" else m["role"]
+        content = m.get("content")
+        if isinstance(content, list):
+            parts: list[dict[str, Any]] = []
+            for j, part in enumerate(content):
+                kind = part.get("type")
+                param = f"messages[{i}].content[{j}]"
+                if kind == "text":
+                    parts.append({"type": "text", "text": part.get("text", "")})
+                elif kind in ("image_url", "input_image"):
+                    images.append(load_image(data_url_bytes(_url_of(part), param=param), limits, param=param))
+                    parts.append({"type": "image"})
+                elif kind == "video_url":
+                    frames = load_video_frames(data_url_bytes(_url_of(part), param=param), limits, param=param)
+                    images.extend(frames)
+                    parts.extend({"type": "image"} for _ in frames)
+            if not any(p["type"] == "image" for p in parts):
+                content = "\n".join(p["text"] for p in parts)  # text-only: plain string, as text models see it
+            else:
+                content = parts
+        msg: dict[str, Any] = {"role": role, "content": content if content is not None else ""}
+        for key in ("name", "tool_calls", "tool_call_id"):
+            if m.get(key) is not None:
+                msg[key] = m[key]
+        chat.append(msg)
+    return chat, images
+
+
+def prepare_media(
+    image_processor: Any,
+    tokenizer: Any,
+    messages: list[dict[str, Any]],
+    limits: MediaLimits,
+    *,
+    tools: list[dict[str, Any]] | None = None,
+) -> PreparedMedia:
+    """Media thread: decode, render the template, run the image processor.
+
+    MLX arrays are tied to the thread that makes them, and a fast tokenizer
+    must not be called from two threads at once, so tokenizing and making
+    arrays is left to ``tokenize`` on the compute thread. Raises MediaError
+    or PromptError.
+    """
+    chat, images = _chat_and_images(messages, limits)
+    kwargs: dict[str, Any] = {"add_generation_prompt": chat[-1]["role"] != "assistant"}
+    if chat[-1]["role"] == "assistant":
+        kwargs["continue_final_message"] = True
+    if tools:
+        kwargs["tools"] = tools
+    try:  # tokenize=False: only the jinja template runs, not the tokenizer
+        text = tokenizer.apply_chat_template(chat, tokenize=False, **kwargs)
+    except Exception as exc:  # jinja raises whatever the template author chose
+        raise PromptError(f"the chat template rejected these messages: {exc}") from None
+    image_inputs = None
+    if images and image_processor is not None:
+        try:
+            image_inputs = image_processor(images=images)
+        except (ValueError, TypeError, IndexError, KeyError) as exc:
+            raise PromptError(f"the model's image processor rejected these images: {exc}") from None
+    return PreparedMedia(text, images, image_inputs, text.rstrip().endswith(THINK_OPEN))
+
+
+class _Precomputed:
+    """Stands in for the processor's image processor during ``tokenize``:
+    returns what the media thread already computed, delegates the rest."""
+
+    def __init__(self, real: Any, result: Any):
+        self._real = real
+        self._result = result
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self._result
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._real, name)
+
+
+def tokenize(processor: Any, prepared: PreparedMedia) -> VisionPrompt:
+    """Compute thread: expand image placeholders, tokenize, make the arrays
+    (the processor's own code, with its image step already done)."""
+    real = getattr(processor, "image_processor", None)
+    swap = prepared.image_inputs is not None and real is not None
+    if swap:
+        processor.image_processor = _Precomputed(real, prepared.image_inputs)
+    try:
+        inputs = processor(images=prepared.images or None, text=[prepared.text], add_special_tokens=False)
+    except (ValueError, TypeError, IndexError, KeyError) as exc:
+        raise PromptError(f"the model's processor rejected these inputs: {exc}") from None
+    finally:
+        if swap:
+            processor.image_processor = real
+    data = dict(inputs)
+    input_ids = data.pop("input_ids")
+    data.pop("attention_mask", None)
+    pixel_values = data.pop("pixel_values", None)
+    token_ids = [int(t) for t in input_ids.reshape(-1).tolist()]
+    if not token_ids:
+        raise PromptError("the rendered prompt is empty")
+    return VisionPrompt(
+        input_ids=input_ids.reshape(1, -1),
+        pixel_values=pixel_values,
+        extra={k: v for k, v in data.items() if v is not None},
+        token_ids=token_ids,
+        starts_in_reasoning=prepared.starts_in_reasoning,
+        images=len(prepared.images),
+    )
+
+
+__all__ = ["MediaError", "PreparedMedia", "PromptError", "VisionPrompt", "has_media", "prepare_media", "tokenize"]

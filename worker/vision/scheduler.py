@@ -1,0 +1,258 @@
+"""The scheduler of a vision worker: text requests as usual, image/video
+requests through three extra stages before they join the same batch.
+
+    admit ──▶ media thread (decode, processor) ──▶ vision prefill (one chunk
+    per loop turn) ──▶ shared BatchGenerator (batched decode with text)
+
+A request with no media part takes the base ``Scheduler`` path unchanged,
+prompt caching included. A vision request reports its cache as
+``disabled``: its KV is not reused across turns (image features and mrope
+positions would have to be matched too; see docs/vision.md).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import deque
+from dataclasses import dataclass
+from typing import Any
+
+from protocol.messages import CacheInfo, ChatRequest, ErrorInfo, RequestOutput, Usage
+
+from ..prompt import Prompt, PromptError
+from ..sampling import make_logits_processors, make_sampler
+from ..scheduler import Scheduler, SchedulerLimits
+from ..sequence import Sequence, rejection
+from ..text_stream import TextStream
+from .batch_model import BatchView
+from .media import MediaError, MediaLimits
+from .media_thread import MediaThread
+from .prefill import PrefillJob, VisionPrefiller
+from .prompt import PreparedMedia, has_media, prepare_media, tokenize
+
+log = logging.getLogger("kmlx.worker.vision")
+
+
+@dataclass
+class _Pending:
+    client: bytes
+    request: ChatRequest
+    arrived: float
+
+
+@dataclass
+class _Prefill:
+    seq: Sequence
+    job: PrefillJob
+    started: bool = False
+
+
+class VisionScheduler(Scheduler):
+    def __init__(
+        self,
+        vlm: Any,
+        tokenizer: Any,
+        processor: Any,
+        *,
+        model_id: str,
+        context_length: int,
+        limits: SchedulerLimits,
+        media: MediaLimits,
+        **kwargs: Any,
+    ):
+        self.view = BatchView(vlm)
+        super().__init__(self.view, tokenizer, model_id=model_id, context_length=context_length, limits=limits, **kwargs)
+        self.processor = processor
+        # Held here so the media thread never reads the attribute ``tokenize``
+        # swaps for a moment on the compute thread.
+        self._image_processor = getattr(processor, "image_processor", None)
+        self.media_limits = media
+        self.prefiller = VisionPrefiller(vlm, self.view.make_cache)
+        self.media = MediaThread()
+        self._preparing: dict[str, _Pending] = {}
+        self._prefilling: deque[_Prefill] = deque()
+
+    def set_wake(self, wake: Any) -> None:
+        """How the media thread wakes a compute loop idling on its inbox."""
+        self.media.wake = wake
+
+    # ------------------------------------------------------------------ #
+    @property
+    def waiting(self) -> int:
+        return super().waiting + len(self._preparing) + len(self._prefilling)
+
+    @property
+    def has_work(self) -> bool:
+        return super().has_work or bool(self._prefilling) or self.media.has_done
+
+    def kv_tokens(self) -> int:
+        return super().kv_tokens() + sum(p.job.done_tokens for p in self._prefilling)
+
+    def sequences_of(self, client: bytes) -> list[str]:
+        mine = [rid for rid, p in self._preparing.items() if p.client == client]
+        mine += [p.seq.request_id for p in self._prefilling if p.seq.client == client]
+        return super().sequences_of(client) + mine
+
+    def expired(self, now: float) -> list[str]:
+        mine = [rid for rid, p in self._preparing.items() if p.request.deadline and p.request.deadline < now]
+        mine += [p.seq.request_id for p in self._prefilling if p.seq.request.deadline and p.seq.request.deadline < now]
+        return super().expired(now) + mine
+
+    # ------------------------------------------------------------------ #
+    def admit(self, client: bytes, req: ChatRequest) -> RequestOutput | None:
+        """Text requests: the base path. Vision requests: queued for the
+        media thread; their first output (or refusal) comes from a later
+        ``step``, once the prompt size is known. Returns None then."""
+        if not has_media(req.messages):
+            return super().admit(client, req)
+        if self.waiting >= self.limits.max_waiting:
+            self.counters.rejected += 1
+            return rejection(
+                req.request_id,
+                ErrorInfo("worker queue is full, retry shortly", type="overloaded_error", code="queue_full", status=503),
+            )
+        self._preparing[req.request_id] = _Pending(client, req, time.perf_counter())
+        self.media.submit(
+            req.request_id,
+            lambda: prepare_media(self._image_processor, self.tokenizer, req.messages, self.media_limits, tools=req.tools),
+        )
+        return None
+
+    def abort(self, request_id: str, *, error: ErrorInfo | None = None) -> RequestOutput | None:
+        pending = self._preparing.pop(request_id, None)
+        if pending is not None:
+            self.media.cancel(request_id)
+            self._count_end(error)
+            return RequestOutput(
+                request_id=request_id,
+                started=CacheInfo(mode="disabled"),
+                finish_reason="error" if error else "abort",
+                error=error,
+                usage=Usage(queue_seconds=time.perf_counter() - pending.arrived),
+            )
+        for p in self._prefilling:
+            if p.seq.request_id == request_id:
+                self._prefilling.remove(p)
+                self._count_end(error)
+                self.counters.finished += 1
+                return p.seq.final("error" if error else "abort", error=error)
+        return super().abort(request_id, error=error)
+
+    def _count_end(self, error: ErrorInfo | None) -> None:
+        self.counters.aborted += error is None
+        self.counters.errors += error is not None
+
+    # ------------------------------------------------------------------ #
+    def step(self) -> list[RequestOutput]:
+        outputs: list[RequestOutput] = []
+        for done in self.media.take_done():
+            pending = self._preparing.pop(done.request_id, None)
+            if pending is not None:
+                outputs.append(self._prepared(pending, done.result, done.error))
+        if self._prefilling:
+            out = self._prefill_turn()
+            if out is not None:
+                outputs.append(out)
+        if super().has_work:
+            outputs += super().step()
+        return outputs
+
+    def _prepared(self, pending: _Pending, prepared: PreparedMedia | None, error: BaseException | None) -> RequestOutput:
+        """The media thread finished a request: refuse it, or queue its prefill
+        and announce it (its first output carries the real prompt size)."""
+        req = pending.request
+        if error is None and prepared is not None:
+            try:
+                vp = tokenize(self.processor, prepared)
+            except PromptError as exc:
+                error = exc
+        if error is not None or prepared is None:
+            self.counters.rejected += 1
+            if isinstance(error, (MediaError, PromptError)):
+                err = ErrorInfo(str(error), param=error.param, code=error.code or "invalid_request")
+            else:
+                log.error("preparing %s failed: %r", req.request_id, error)
+                err = ErrorInfo(f"the worker could not prepare the media: {error}", type="server_error",
+                                code="media_error", status=500)
+            return rejection(req.request_id, err)
+        n_prompt = len(vp.token_ids)
+        room = self.context_length - n_prompt
+        if room <= 0:
+            self.counters.rejected += 1
+            return rejection(
+                req.request_id,
+                ErrorInfo(
+                    f"this model's maximum context length is {self.context_length} tokens; the messages "
+                    f"(with {vp.images} image(s) or frame(s)) are {n_prompt} tokens",
+                    param="messages",
+                    code="context_length_exceeded",
+                ),
+            )
+        wanted = req.sampling.max_tokens or self.limits.default_max_tokens or room
+        max_tokens = max(1, min(wanted, room, self.limits.max_tokens_limit or room))
+        seq = Sequence(
+            request=req,
+            client=pending.client,
+            prompt=Prompt(token_ids=vp.token_ids, starts_in_reasoning=vp.starts_in_reasoning),
+            detokenizer=self.tokenizer.detokenizer,
+            text=TextStream.create(
+                req.sampling.stop, strip_thinking=req.strip_thinking, starts_in_reasoning=vp.starts_in_reasoning
+            ),
+            max_tokens=max_tokens,
+            cache=CacheInfo(mode="disabled", cached_tokens=0, processing_tokens=n_prompt),
+        )
+        seq.arrived = pending.arrived
+        self._prefilling.append(_Prefill(seq, PrefillJob(vp.input_ids, vp.pixel_values, vp.extra)))
+        self.counters.admitted += 1
+        self.counters.prompt_tokens += n_prompt
+        return seq.output()
+
+    def _prefill_turn(self) -> RequestOutput | None:
+        """One unit of vision work for the oldest request: its vision tower,
+        or one prompt chunk, or its hand-over to the batch."""
+        p = self._prefilling[0]
+        try:
+            if not p.started:
+                p.seq.prefill_started = time.perf_counter()
+                self.prefiller.start(p.job)
+                p.started = True
+                return None
+            if not self.prefiller.step(p.job, self.limits.prefill_chunk):
+                return None
+            cache, last = self.prefiller.finish(p.job)
+        except Exception as exc:  # this request fails; the others keep going
+            self._prefilling.popleft()
+            log.exception("vision prefill of %s failed", p.seq.request_id)
+            bad_input = isinstance(exc, ValueError)
+            err = ErrorInfo(
+                f"the model could not process these inputs: {exc}",
+                type="invalid_request_error" if bad_input else "server_error",
+                code="vision_error",
+                status=400 if bad_input else 500,
+            )
+            self.counters.errors += 1
+            self.counters.finished += 1
+            return p.seq.final("error", error=err)
+        self._prefilling.popleft()
+        self._join_batch(p.seq, cache, last)
+        return None
+
+    def _join_batch(self, seq: Sequence, cache: list[Any], last: int) -> None:
+        req = seq.request
+        (uid,) = self._batch.insert(
+            [[last]],
+            caches=[cache],
+            all_tokens=[seq.prompt.token_ids[:-1]],
+            max_tokens=[seq.max_tokens],
+            samplers=[make_sampler(req.sampling)],
+            logits_processors=[make_logits_processors(req.sampling)],
+            stop_sequences=[self._no_stop if req.sampling.ignore_eos else self._eos_stop],
+        )
+        seq.uid = uid
+        self._by_uid[uid] = seq
+        self._by_id[req.request_id] = seq
+
+    def close(self) -> None:
+        self.media.close()
+        super().close()
