@@ -6,6 +6,7 @@ import argparse
 
 from .config import GatewayConfig, WorkerSpec, WorkersFileError, load_workers_file
 from .logging_setup import configure_logging
+from .media import add_media_arguments, media_config_from_args
 from .ops_config import add_ops_arguments, ops_config_from_args
 
 
@@ -41,6 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="on SIGTERM, seconds to let running requests finish (new ones get 503) before exiting")
     p.add_argument("--log-level", default="INFO")
     add_ops_arguments(p)  # access, limits, log format, tracing (docs/operations.md)
+    add_media_arguments(p)  # local media directories, fetch timeout (docs/vision.md)
     return p
 
 
@@ -71,6 +73,7 @@ def main(argv: list[str] | None = None) -> None:
         request_timeout=args.request_timeout or None,
         keep_alive_seconds=args.keep_alive,
         ops=ops_config_from_args(args),
+        media=media_config_from_args(args),
     )
     import uvicorn
 

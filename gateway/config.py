@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .media import MediaConfig
 from .ops_config import OpsConfig
 
 
@@ -37,6 +38,7 @@ class GatewayConfig:
     ping_interval: float = 2.0
     ping_timeout: float = 30.0
     ops: OpsConfig = field(default_factory=OpsConfig)  # access, limits, logs (ops_config.py)
+    media: MediaConfig = field(default_factory=MediaConfig)  # images and video (media.py)
 
 
 class WorkersFileError(ValueError):

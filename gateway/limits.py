@@ -3,7 +3,8 @@
 The body-size cap (``security.py``) bounds a request as bytes; these bound
 what it asks the worker to do, with messages that name the field. Images
 must arrive as ``data:`` or ``http(s)`` URLs: nothing a client sends may
-name a file on the server (a ``file:`` URL or a bare path is refused).
+name a file on the server (a ``file:`` URL or a bare path is refused) unless
+the operator allowed a directory (``--allow-local-media``, ``media.py``).
 Remote images have no size here; whoever fetches them must cap the download.
 """
 
@@ -18,7 +19,7 @@ from .schemas import ChatCompletionRequest
 _REMOTE = ("http://", "https://")
 
 
-def check_request_limits(body: ChatCompletionRequest, ops: OpsConfig) -> None:
+def check_request_limits(body: ChatCompletionRequest, ops: OpsConfig, *, allow_local_media: bool = False) -> None:
     """Raise an OpenAI-shaped APIError if ``body`` exceeds a configured limit."""
     if ops.max_messages and len(body.messages) > ops.max_messages:
         raise APIError(400, f"at most {ops.max_messages} messages per request (got {len(body.messages)})",
@@ -35,7 +36,7 @@ def check_request_limits(body: ChatCompletionRequest, ops: OpsConfig) -> None:
             if ops.max_image_bytes and size > ops.max_image_bytes:
                 raise APIError(413, f"{param}: image is {size} bytes; the limit is {ops.max_image_bytes}",
                                param=param, code="image_too_large")
-        elif not url.lower().startswith(_REMOTE):
+        elif not url.lower().startswith(_REMOTE) and not allow_local_media:  # else media.py checks the directory
             raise APIError(400, f"{param}: images must be data: or http(s) URLs", param=param, code="invalid_image_url")
 
 

@@ -17,6 +17,7 @@ from ..config import GatewayConfig
 from ..conversation import resolve_conversation_id
 from ..errors import APIError
 from ..limits import check_request_limits
+from ..media import wire_messages_with_media
 from ..pool import NoWorkerAvailable, PoolFull, WorkerPool
 from ..request_log import RequestRecord
 from ..responses import ChunkWriter, completion, conversation_headers
@@ -50,13 +51,14 @@ async def chat_completions(request: Request) -> Response:
     if request.app.state.draining:
         raise APIError(503, "gateway is shutting down", code="shutting_down", headers={"Retry-After": "5"})
     body = parse_chat_request(await request.body())
-    check_request_limits(body, config.ops)
+    check_request_limits(body, config.ops, allow_local_media=bool(config.media.allow_local_dirs))
+    messages = await wire_messages_with_media(pool, body, config)  # 4xx for bad media, before any worker
     request_id = _request_id(request)
     conversation_id = resolve_conversation_id(body, request, auto_id=config.conversation_auto_id)
     deadline = time.time() + config.request_timeout if config.request_timeout else None
     wire = ChatRequest(
         request_id=request_id,
-        messages=body.wire_messages(),
+        messages=messages,
         sampling=body.sampling(),
         strip_thinking=config.strip_thinking if body.strip_thinking is None else body.strip_thinking,
         conversation_id=conversation_id,
