@@ -63,9 +63,11 @@ class TerminalRenderer:
         self._begin_turn()
 
     def _begin_turn(self) -> None:
-        self._written = ""  # everything written raw this turn, for the redraw
-        self._reasoning = ""
-        self._content = ""
+        # Lists, not `str +=`: a long answer must not cost quadratic copying.
+        self._written: list[str] = []  # everything written raw this turn, for the redraw
+        self._tail = ""  # the last characters written (newline bookkeeping)
+        self._reasoning: list[str] = []
+        self._content: list[str] = []
         self._in_reasoning = False
 
     # -- raw output ------------------------------------------------------- #
@@ -73,7 +75,8 @@ class TerminalRenderer:
     def _write(self, text: str, dim: bool = False) -> None:
         if not text:
             return
-        self._written += text
+        self._written.append(text)
+        self._tail = (self._tail + text)[-2:]
         out = self._dim.render(text, color_system=self.console.color_system) if dim else text
         self.console.file.write(out)
         self.console.file.flush()
@@ -82,9 +85,9 @@ class TerminalRenderer:
 
     def reasoning(self, text: str) -> None:
         text = sanitize(text)
-        self._reasoning += text
+        self._reasoning.append(text)
         if self.show_reasoning:
-            if not self._in_reasoning and not self._written:
+            if not self._written:
                 text = text.lstrip("\n")
             self._in_reasoning = True
             self._write(text, dim=True)
@@ -92,13 +95,16 @@ class TerminalRenderer:
     def content(self, text: str) -> None:
         text = sanitize(text)
         if not self._content:
-            text = text.lstrip("\n") if self._reasoning else text
+            if self._reasoning:
+                text = text.lstrip("\n")
+                if not text:
+                    return  # blank lines between thinking and answer: ours follow
             if self._in_reasoning:
                 # Separate the thinking from the answer by one blank line.
-                trailing = len(self._written) - len(self._written.rstrip("\n"))
-                self._write("\n" * max(0, 2 - trailing))
+                trailing = len(self._tail) - len(self._tail.rstrip("\n"))
+                self._write("\n" * (2 - trailing))
                 self._in_reasoning = False
-        self._content += text
+        self._content.append(text)
         self._write(text)
 
     # -- turn boundaries --------------------------------------------------- #
@@ -110,7 +116,7 @@ class TerminalRenderer:
         """End the answer on its own line; redraw it as Markdown if wanted."""
         if redraw and self._can_redraw():
             self._redraw()
-        elif self._written and not self._written.endswith("\n"):
+        elif self._written and not self._tail.endswith("\n"):
             self._write("\n")
         self._begin_turn()
 
@@ -118,18 +124,19 @@ class TerminalRenderer:
         c = self.console
         if not (self.markdown and c.is_terminal and c.color_system and self._content):
             return False
-        if not looks_like_markdown(self._content):
+        if not looks_like_markdown("".join(self._content)):
             return False  # nothing would change; avoid a flicker
         # Only what is still on screen can be erased; scrollback cannot.
-        return rows_used(self._written, c.width) < c.height - 1
+        return rows_used("".join(self._written), c.width) < c.height - 1
 
     def _redraw(self) -> None:
-        up = rows_used(self._written, self.console.width) - 1
+        up = rows_used("".join(self._written), self.console.width) - 1
         self.console.file.write("\r" + (f"\x1b[{up}A" if up > 0 else "") + "\x1b[J")
-        if self.show_reasoning and self._reasoning.strip():
-            self.console.print(Text(self._reasoning.strip(), style="dim"))
+        reasoning = "".join(self._reasoning).strip()
+        if self.show_reasoning and reasoning:
+            self.console.print(Text(reasoning, style="dim"))
             self.console.print()
-        self.console.print(Markdown(self._content))
+        self.console.print(Markdown("".join(self._content)))
 
     # -- messages between turns ---------------------------------------------- #
 

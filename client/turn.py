@@ -99,26 +99,32 @@ def run_turn(
 
 def _stream(gateway: Gateway, body: dict[str, Any], sink: Sink, result: TurnResult) -> None:
     finished = False
-    with gateway.stream_chat(body) as stream:
-        result.conv = stream.conv
-        for ev in stream.events():
-            if ev.error is not None:
-                raise ApiError.from_payload(None, {"error": ev.error})
-            if ev.done:
-                finished = True
-                break
-            if (ev.reasoning or ev.content) and result.first_token_at is None:
-                result.first_token_at = time.perf_counter()
-            if ev.reasoning:
-                result.reasoning += ev.reasoning
-                sink.reasoning(ev.reasoning)
-            if ev.content:
-                result.text += ev.content
-                sink.content(ev.content)
-            if ev.finish_reason:
-                result.finish_reason = ev.finish_reason
-            if ev.usage:
-                result.usage = ev.usage
+    text: list[str] = []  # lists, not `str +=`: long answers stay linear
+    thought: list[str] = []
+    try:
+        with gateway.stream_chat(body) as stream:
+            result.conv = stream.conv
+            for ev in stream.events():
+                if ev.error is not None:
+                    raise ApiError.from_payload(None, {"error": ev.error})
+                if ev.done:
+                    finished = True
+                    break
+                if (ev.reasoning or ev.content) and result.first_token_at is None:
+                    result.first_token_at = time.perf_counter()
+                if ev.reasoning:
+                    thought.append(ev.reasoning)
+                    sink.reasoning(ev.reasoning)
+                if ev.content:
+                    text.append(ev.content)
+                    sink.content(ev.content)
+                if ev.finish_reason:
+                    result.finish_reason = ev.finish_reason
+                if ev.usage:
+                    result.usage = ev.usage
+    finally:  # an interrupted turn still reports what it showed
+        result.text = "".join(text)
+        result.reasoning = "".join(thought)
     if result.finish_reason == "error":
         raise ApiError(None, "the server stopped this answer with an error")
     if not finished and result.finish_reason is None:
