@@ -41,13 +41,36 @@ def _conversation_id(data: dict[str, Any]) -> str:
     raise APIError(400, "a conversation id is required (`conversation` or `conversation_id`)", param="conversation", code="missing_conversation_id")
 
 
-def _owner(request: Request, conversation_id: str) -> WorkerClient:
+def _model(value: Any) -> str | None:
+    if value is not None and not isinstance(value, str):
+        raise APIError(400, "model must be a string", param="model", code="invalid_value")
+    return value or None
+
+
+def _owners(request: Request, conversation_id: str, model: str | None) -> list[WorkerClient]:
+    """The ready workers of the model, the conversation's own worker first
+    (the one its chat turns go to: docs/pool.md), then the others, which
+    hold its KV only if a turn spilled there."""
     pool: WorkerPool = request.app.state.pool
     try:
-        worker, _model = pool.choose(None, conversation_id)
+        owner, model_id = pool.owner(model, conversation_id)
     except NoWorkerAvailable as exc:
         raise APIError(503, str(exc), code="no_worker", headers={"Retry-After": "2"}) from None
-    return worker
+    return [owner] + [w for w in pool.serving(model_id) if w is not owner]
+
+
+async def _call_first_holder(workers: list[WorkerClient], method: str, args: dict[str, Any]) -> dict[str, Any]:
+    """Ask the owner; on "not found" ask the others; the owner's 404 if none has it."""
+    first_error: APIError | None = None
+    for w in workers:
+        try:
+            return await _call(w, method, args)
+        except APIError as exc:
+            if exc.status != 404:
+                raise
+            first_error = first_error or exc
+    assert first_error is not None
+    raise first_error
 
 
 async def _call(worker: WorkerClient, method: str, args: dict[str, Any]) -> dict[str, Any]:
@@ -69,24 +92,27 @@ async def save(request: Request) -> dict[str, Any]:
     title = data.get("title")
     if title is not None and (not isinstance(title, str) or len(title) > 512):
         raise APIError(400, "title must be a string of at most 512 characters", param="title", code="invalid_value")
-    return await _call(_owner(request, conv), "conv_save", {"conversation_id": conv, "title": title})
+    return await _call_first_holder(_owners(request, conv, _model(data.get("model"))), "conv_save", {"conversation_id": conv, "title": title})
 
 
 @router.post("/load")
 async def load(request: Request) -> dict[str, Any]:
-    conv = _conversation_id(await _body(request))
-    return await _call(_owner(request, conv), "conv_load", {"conversation_id": conv})
+    data = await _body(request)
+    conv = _conversation_id(data)
+    # Loaded into the worker its next turn goes to.
+    return await _call(_owners(request, conv, _model(data.get("model")))[0], "conv_load", {"conversation_id": conv})
 
 
 @router.get("/stats")
 async def stats(request: Request) -> dict[str, Any]:
     pool: WorkerPool = request.app.state.pool
-    if not pool.ready:
+    ready = pool.ready  # one snapshot: readiness may change while we wait
+    if not ready:
         raise APIError(503, "no worker is ready", code="no_worker", headers={"Retry-After": "2"})
-    results = await asyncio.gather(*(_call(w, "conv_stats", {}) for w in pool.ready), return_exceptions=True)
+    results = await asyncio.gather(*(_call(w, "conv_stats", {}) for w in ready), return_exceptions=True)
     items: list[dict[str, Any]] = []
     memory: list[dict[str, Any]] = []
-    for w, r in zip(pool.ready, results):
+    for w, r in zip(ready, results):
         if isinstance(r, dict):
             items += [{**i, "worker": w.worker_id} for i in r.get("items", [])]
             memory += [{**i, "worker": w.worker_id} for i in r.get("in_memory", [])]
@@ -96,4 +122,7 @@ async def stats(request: Request) -> dict[str, Any]:
 @router.delete("/{conversation_id}")
 async def delete(request: Request, conversation_id: str) -> dict[str, Any]:
     conv = validate_conversation_id(conversation_id, param="conversation_id")
-    return await _call(_owner(request, conv), "conv_delete", {"conversation_id": conv})
+    # Every worker of the model forgets it: a spilled turn may have left a copy.
+    workers = _owners(request, conv, _model(request.query_params.get("model")))
+    results = [await _call(w, "conv_delete", {"conversation_id": conv}) for w in workers]
+    return next((r for r in results if r.get("status") == "deleted"), results[0])
