@@ -1,0 +1,95 @@
+"""The vision decode path against mlx-vlm's own forward pass, in process.
+
+A vision sequence is prefilled here (vision tower, chunked prompt, keys
+re-rotated by -rope_delta) and then decoded in mlx-lm's BatchGenerator next
+to a text sequence. Its log-probabilities must equal those of mlx-vlm's
+full, uncached forward pass over the same tokens — and must not without
+the re-rotation (so the test can tell).
+"""
+
+from __future__ import annotations
+
+import pytest
+
+mx = pytest.importorskip("mlx.core")
+
+from tests.vision.samples import image_bytes  # noqa: E402
+
+STEPS = 5
+
+
+@pytest.fixture(scope="module")
+def vlm(tiny_vlm_path):
+    from mlx_vlm import load
+
+    return load(str(tiny_vlm_path))
+
+
+def _inputs(processor, size=(200, 120)):
+    import io
+
+    from PIL import Image
+
+    img = Image.open(io.BytesIO(image_bytes("noise", size=size, seed=5))).convert("RGB")
+    chat = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "What is this?"}]}]
+    text = processor.tokenizer.apply_chat_template(chat, tokenize=False, add_generation_prompt=True)
+    return processor(images=[img], text=[text], add_special_tokens=False)
+
+
+def _reference(model, inputs, tokens):
+    """mlx-vlm's forward over the whole sequence, no cache, for each step."""
+    seq, out = inputs["input_ids"], []
+    for t in tokens:
+        lm = model.language_model
+        lm._rope_deltas, lm._position_ids = None, None  # its per-generation state
+        logits = model(seq, pixel_values=inputs["pixel_values"], image_grid_thw=inputs["image_grid_thw"]).logits[0, -1]
+        out.append(logits - mx.logsumexp(logits))
+        seq = mx.concatenate([seq, mx.array([[t]])], axis=1)
+    return out
+
+
+def _batched(model, processor, inputs, *, rerotate: bool, chunk: int):
+    from mlx_lm.generate import BatchGenerator
+
+    from worker.vision.batch_model import BatchView
+    from worker.vision.prefill import PrefillJob, VisionPrefiller
+
+    view = BatchView(model)
+    pre = VisionPrefiller(model, view.make_cache)
+    job = PrefillJob(inputs["input_ids"], inputs["pixel_values"], {"image_grid_thw": inputs["image_grid_thw"]})
+    pre.start(job)
+    assert job.delta < 0  # the image really moves the positions
+    if not rerotate:
+        job.delta = 0
+    while not pre.step(job, chunk):
+        pass
+    cache, last = pre.finish(job)
+    gen = BatchGenerator(view, stop_tokens=[[-1]], completion_batch_size=4, prefill_batch_size=4)
+    text = processor.tokenizer.apply_chat_template([{"role": "user", "content": "Hello there"}], tokenize=False,
+                                                   add_generation_prompt=True)
+    gen.insert([processor.tokenizer.encode(text)], max_tokens=[STEPS])  # a text neighbour in the batch
+    (uid,) = gen.insert([[last]], max_tokens=[STEPS], caches=[cache])
+    tokens, logprobs = [], []
+    while len(tokens) < STEPS:
+        for r in gen.next()[1]:
+            if r.uid == uid:
+                tokens.append(r.token)
+                logprobs.append(r.logprobs)
+    return tokens, logprobs
+
+
+@pytest.mark.parametrize("chunk", [7, 4096])
+def test_batched_vision_decode_equals_the_full_forward(vlm, chunk):
+    model, processor = vlm
+    inputs = _inputs(processor)
+    tokens, logprobs = _batched(model, processor, inputs, rerotate=True, chunk=chunk)
+    for got, want in zip(logprobs, _reference(model, inputs, tokens)):
+        assert float(mx.max(mx.abs(got - want))) < 1e-3
+
+
+def test_without_rerotation_the_decode_is_wrong(vlm):
+    model, processor = vlm
+    inputs = _inputs(processor)
+    tokens, logprobs = _batched(model, processor, inputs, rerotate=False, chunk=4096)
+    worst = max(float(mx.max(mx.abs(g - w))) for g, w in zip(logprobs, _reference(model, inputs, tokens)))
+    assert worst > 0.1
