@@ -36,7 +36,7 @@ def load_model(spec: str | None, *, vision: bool | None = None, weights: str = "
     in_memory = apply_weights(model, weights)
     if isinstance(tokenizer, _Pending):
         tokenizer = tokenizer.get()
-    log.info("loaded %s in %.2f s (weights %s)", resolved.model_id, time.perf_counter() - start, in_memory)
+    log.debug("loaded %s in %.2f s (weights %s)", resolved.model_id, time.perf_counter() - start, in_memory)
     return LoadedModel(
         model=model,
         tokenizer=tokenizer,

@@ -28,13 +28,13 @@ class Resolved:
 def resolve(spec: str | None) -> Resolved:
     from .default import DEFAULT_ALIASES, ensure_default_model
 
-    if spec is None or not str(spec).strip() or str(spec).strip() in DEFAULT_ALIASES:
-        path = ensure_default_model()
-        return Resolved(path, path.name)
-    spec = str(spec).strip()
+    spec = "" if spec is None else str(spec).strip()
     path = Path(spec).expanduser()
-    if path.exists():
+    if spec and spec != "default" and path.exists():  # a local folder named like an alias wins
         return _local(path)
+    if not spec or spec in DEFAULT_ALIASES:
+        default = ensure_default_model()
+        return Resolved(default, default.name)
     if looks_like_repo_id(spec) and not spec.endswith(".gguf"):
         snapshot = hub_snapshot(spec)
         _require_weights(snapshot, spec)

@@ -9,6 +9,7 @@ less memory, so the stored form is kept there.
 
 from __future__ import annotations
 
+import functools
 import os
 from typing import Any
 
@@ -66,7 +67,7 @@ def dequantize(model: Any) -> None:
 
     # MLX runs each CPU stream on its own thread: spreading the layers over a
     # few streams roughly halves the time to dequantize on 2 cores.
-    streams = [mx.new_stream(mx.cpu) for _ in range(max(1, min(os.cpu_count() or 1, 4)))]
+    streams = _cpu_streams()
     replaced = []
     for name, m in model.named_modules():
         if not isinstance(m, (nn.QuantizedLinear, nn.QuantizedEmbedding)):
@@ -96,6 +97,14 @@ def dequantize(model: Any) -> None:
         from mlx_lm.utils import dequantize_model
 
         dequantize_model(model)
+
+
+@functools.lru_cache(maxsize=1)
+def _cpu_streams() -> list[Any]:
+    """A few CPU streams, made once: MLX keeps every stream for the process's life."""
+    import mlx.core as mx
+
+    return [mx.new_stream(mx.cpu) for _ in range(max(1, min(os.cpu_count() or 1, 4)))]
 
 
 def quantize(model: Any, bits: int, group_size: int = 32) -> None:
