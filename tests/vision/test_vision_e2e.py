@@ -179,3 +179,18 @@ def test_image_and_text_requests_run_together(vision_stack, client):
     for t in threads:
         t.join(120)
     assert results == {"text": 60, "image0": 8, "image1": 8, "image2": 8}
+
+
+def test_text_turns_on_a_vision_model_reuse_the_conversation_cache(vision_stack):
+    """Only vision requests opt out of KV reuse; text turns on the same model
+    get conversation caching like on a text model, with the same answers."""
+    conv = "vision-model-text-turns"
+    msgs = [{"role": "user", "content": "Hello there, how are you today?"}]
+    r1 = post(vision_stack, {"messages": msgs, "conversation": conv, "max_tokens": 6, **GREEDY})
+    msgs += [{"role": "assistant", "content": r1.json()["choices"][0]["message"]["content"]},
+             {"role": "user", "content": "And then?"}]
+    r2 = post(vision_stack, {"messages": msgs, "conversation": conv, "max_tokens": 6, **GREEDY})
+    assert r2.headers["x-conv-kv"] == "hit", r2.headers
+    assert int(r2.headers["x-conv-cached-tokens"]) > 0
+    fresh = post(vision_stack, {"messages": msgs, "reset_conversation": True, "max_tokens": 6, **GREEDY})
+    assert r2.json()["choices"][0]["message"]["content"] == fresh.json()["choices"][0]["message"]["content"]
