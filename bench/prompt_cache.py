@@ -32,6 +32,8 @@ def ttft(stack: Stack, conv: str, messages: list[dict], max_tokens: int = 8) -> 
         for line in r.iter_lines():
             if line.startswith("data: ") and line != "data: [DONE]":
                 chunk = json.loads(line[6:])
+                if "error" in chunk:
+                    raise RuntimeError(f"request failed: {chunk['error']}")
                 if chunk["choices"] and chunk["choices"][0]["delta"].get("content"):
                     first = first or time.perf_counter()
                     text.append(chunk["choices"][0]["delta"]["content"])

@@ -30,7 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--spill-factor", type=float, default=1.5,
                    help="a conversation moves off its worker only when that worker's load exceeds this multiple of the mean (and its batch is full)")
     p.add_argument("--ping-interval", type=float, default=2.0, help="seconds between liveness pings to each worker")
-    p.add_argument("--ping-timeout", type=float, default=30.0,
+    p.add_argument("--ping-timeout", type=float, default=120.0,
                    help="a worker silent this long (no ping answer, no output) is marked down")
     # -- end pool --
     p.add_argument("--strip-thinking", action="store_true", help="remove <think> blocks from answers by default")

@@ -36,7 +36,7 @@ class GatewayConfig:
     max_queued_tokens: int = 65536  # per worker, prompt tokens not yet prefilled; 0: no limit
     spill_factor: float = 1.5  # a conversation leaves its worker only past this multiple of the mean load
     ping_interval: float = 2.0
-    ping_timeout: float = 30.0
+    ping_timeout: float = 120.0  # one CPU prefill chunk can take many seconds
     ops: OpsConfig = field(default_factory=OpsConfig)  # access, limits, logs (ops_config.py)
     media: MediaConfig = field(default_factory=MediaConfig)  # images and video (media.py)
 

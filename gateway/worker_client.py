@@ -79,7 +79,7 @@ class WorkerClient:
         gateway_id: str,
         limits: QueueLimits | None = None,
         ping_interval: float = 2.0,
-        ping_timeout: float = 30.0,
+        ping_timeout: float = 120.0,
     ):
         self.address = address
         self.gateway_id = gateway_id
