@@ -6,7 +6,6 @@ import sys
 from pathlib import Path
 
 import pexpect
-import pytest
 from client_fake_gateway import FakeGateway
 from client_pty import PROMPT, finish, say, spawn_chat
 
