@@ -9,6 +9,9 @@ the GPT-2 recipe.
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
+from collections.abc import Iterator
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -80,8 +83,32 @@ def _rope_adjacent(x: np.ndarray, base: float) -> np.ndarray:
     return out
 
 
+@contextlib.contextmanager
+def _numpy_blas_single_thread() -> Iterator[None]:
+    """numpy's OpenBLAS threads spin-wait; on a busy 2-core machine that makes
+    these small float64 matmuls 20x slower. One thread is plenty here."""
+    try:
+        path = next(ln.split()[-1] for ln in open("/proc/self/maps") if "scipy_openblas" in ln)
+        lib = ctypes.CDLL(path)
+        get, put = lib.scipy_openblas_get_num_threads64_, lib.scipy_openblas_set_num_threads64_
+    except (OSError, StopIteration, AttributeError):
+        yield  # another numpy build: leave it alone
+        return
+    old = get()
+    put(1)
+    try:
+        yield
+    finally:
+        put(old)
+
+
 def reference_logits(meta: dict[str, Any], w: dict[str, np.ndarray], ids: list[int]) -> np.ndarray:
     """float64 logits (len(ids), vocab) of a llama GGUF, computed from its raw tensors."""
+    with _numpy_blas_single_thread():
+        return _forward(meta, w, ids)
+
+
+def _forward(meta: dict[str, Any], w: dict[str, np.ndarray], ids: list[int]) -> np.ndarray:
     a = meta["general.architecture"]
     n_layers = int(meta[f"{a}.block_count"])
     n_head = int(meta[f"{a}.attention.head_count"])
