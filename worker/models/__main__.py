@@ -1,4 +1,4 @@
-"""`python -m worker.models fetch-default | build-tiny | convert FILE.gguf | blas`."""
+"""`python -m worker.models fetch-default | build-tiny | convert FILE.gguf | blas | setup-blas`."""
 
 from __future__ import annotations
 
@@ -20,6 +20,7 @@ def main(argv: list[str] | None = None) -> int:
     conv.add_argument("gguf", type=Path)
     conv.add_argument("--out", type=Path, help="output folder (default: the kmlx cache)")
     sub.add_parser("blas", help="say which BLAS a worker would use here")
+    sub.add_parser("setup-blas", help="install OpenBLAS (Debian/Ubuntu as root) or say how; never fails")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     try:
@@ -51,6 +52,10 @@ def _run(args: argparse.Namespace) -> str:
         if args.out.exists():
             raise ModelLoadError(f"{args.out} already exists; remove it or choose another --out")
         return str(convert_gguf(args.gguf, args.out))
+    if args.command == "setup-blas":
+        from .blas import install_fast_blas
+
+        return install_fast_blas()
     from .blas import ensure_fast_blas
 
     return ensure_fast_blas(reexec=False)
