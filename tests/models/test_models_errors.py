@@ -123,3 +123,15 @@ def test_unreachable_hub_fails_fast_in_one_line(tmp_path):
     assert "kmlx-tests/no-such-repo-7f3a" in lines[0]
     assert "local path" in lines[0]
 
+
+
+def test_unwritable_cache(tmp_path, monkeypatch, tokenizer_meta):
+    if os.geteuid() == 0:
+        blocker = tmp_path / "file-not-dir"  # root ignores permissions; a file in the way works for all
+        blocker.write_text("x")
+        monkeypatch.setenv("KMLX_CACHE_DIR", str(blocker / "cache"))
+    else:
+        (tmp_path / "ro").mkdir(mode=0o500)
+        monkeypatch.setenv("KMLX_CACHE_DIR", str(tmp_path / "ro" / "cache"))
+    gguf = write_llama(tmp_path / "m.gguf", tokenizer_meta, tied=True, qkv_bias=False)
+    fails(gguf, "KMLX_CACHE_DIR")

@@ -24,7 +24,14 @@ _LOAD_ERRORS = (FileNotFoundError, ValueError, KeyError, TypeError, ImportError,
 def load_model(spec: str | None, *, vision: bool | None = None, weights: str = "auto") -> LoadedModel:
     if weights not in WEIGHT_CHOICES:
         raise ModelLoadError(f"unknown weights {weights!r}; choose one of: {', '.join(WEIGHT_CHOICES)}")
-    resolved = resolve(spec)
+    try:
+        resolved = resolve(spec)
+    except OSError as exc:  # e.g. a read-only cache folder: not a bug, a setting
+        where = exc.filename or "the kmlx cache"
+        raise ModelLoadError(
+            f"cannot prepare model {spec or 'default'}: {where}: {exc.strerror or exc}; "
+            "if the cache is not writable, set KMLX_CACHE_DIR to a folder that is"
+        ) from exc
     config = read_config(resolved.path)
     is_vision = has_vision(config) if vision is None else bool(vision)
     start = time.perf_counter()
