@@ -45,6 +45,8 @@ from protocol.messages import (
     WorkerLoad,
 )
 
+from .output_stream import OutputStream
+
 log = logging.getLogger("kmlx.gateway.worker")
 
 
@@ -92,7 +94,7 @@ class WorkerClient:
         self._waiting: dict[str, int] = {}
         self._ctx = zmq.asyncio.Context.instance()
         self._sock: zmq.asyncio.Socket | None = None
-        self._streams: dict[str, asyncio.Queue[RequestOutput]] = {}
+        self._streams: dict[str, OutputStream] = {}
         self._calls: dict[str, asyncio.Future[ControlReply]] = {}
         self._tasks: list[asyncio.Task] = []
         self._call_ids = itertools.count()
@@ -158,12 +160,12 @@ class WorkerClient:
             self._sock.close(linger=0)
 
     # ------------------------------------------------------------------ #
-    async def submit(self, request: ChatRequest) -> "asyncio.Queue[RequestOutput]":
+    async def submit(self, request: ChatRequest) -> OutputStream:
         """Send a request; its outputs arrive on the returned queue, ending
         with one whose ``finish_reason`` is set (errors included)."""
         if not self.state.ready:
             raise WorkerUnavailable(self.state.reason)
-        q: asyncio.Queue[RequestOutput] = asyncio.Queue()
+        q = OutputStream()
         self._streams[request.request_id] = q
         self._waiting[request.request_id] = 0
         try:

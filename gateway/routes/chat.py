@@ -22,6 +22,7 @@ from ..pool import NoWorkerAvailable, PoolFull, WorkerPool
 from ..request_log import RequestRecord
 from ..responses import ChunkWriter, completion, conversation_headers
 from ..schemas import ChatCompletionRequest, parse_chat_request
+from ..output_stream import OutputStream
 from ..worker_client import WorkerClient, WorkerUnavailable
 
 router = APIRouter()
@@ -113,7 +114,7 @@ async def _start(
     last: APIError | None = None,
     *,
     rec: RequestRecord,
-) -> tuple[WorkerClient, str, "asyncio.Queue[RequestOutput]", RequestOutput]:
+) -> tuple[WorkerClient, str, OutputStream, RequestOutput]:
     """Choose a worker, send the request and wait for its first output (the
     worker's admission). A worker that is down, full or draining is skipped
     for the next choice: nothing has reached the client yet. ``last``: the
@@ -163,13 +164,11 @@ async def _start(
         raise err
 
 
-async def _first_output(queue: "asyncio.Queue[RequestOutput]", deadline: float | None) -> RequestOutput:
-    if deadline is None:
-        return await queue.get()
-    try:
-        return await asyncio.wait_for(queue.get(), max(0.0, deadline - time.time()) + _DEADLINE_GRACE)
-    except asyncio.TimeoutError:
-        raise APIError(504, "request deadline exceeded before the worker admitted it", code="deadline_exceeded") from None
+async def _first_output(queue: OutputStream, deadline: float | None) -> RequestOutput:
+    out = await queue.get(None if deadline is None else max(0.0, deadline - time.time()) + _DEADLINE_GRACE)
+    if out is None:
+        raise APIError(504, "request deadline exceeded before the worker admitted it", code="deadline_exceeded")
+    return out
 
 
 class _Relay:
@@ -200,7 +199,7 @@ class _Relay:
         err = ErrorInfo("request deadline exceeded", type="timeout_error", code="deadline_exceeded", status=504)
         return RequestOutput(self.request_id, finish_reason="error", error=err, usage=Usage())
 
-    async def sse(self, queue: "asyncio.Queue[RequestOutput]", include_usage: bool, keep_alive: float) -> AsyncIterator[bytes]:
+    async def sse(self, queue: OutputStream, include_usage: bool, keep_alive: float) -> AsyncIterator[bytes]:
         writer = ChunkWriter(self.request_id, self.model, self.created)
         final: RequestOutput | None = None
         timed_out = False
@@ -223,16 +222,16 @@ class _Relay:
                 if out.finish_reason is not None:
                     final = _worker_abort_as_error(out)
                     break
-                try:
-                    out = await asyncio.wait_for(queue.get(), keep_alive)
-                except asyncio.TimeoutError:
+                nxt = await queue.get(keep_alive)
+                if nxt is None:  # nothing for a while (a long prefill, a busy worker)
                     expired = self._past_deadline()
                     if expired is not None:
                         timed_out = True
                         final = expired
                         break
                     yield writer.keep_alive()  # also reveals a vanished client
-                    out = RequestOutput(request_id=self.request_id)
+                    nxt = RequestOutput(request_id=self.request_id)
+                out = nxt
             if final.finish_reason == "error":
                 yield writer.error(_error_from(final).body())
             else:
@@ -249,7 +248,7 @@ class _Relay:
             text = {"content": "".join(self.text[0]), "reasoning": "".join(self.text[1])} if self.text is not None else {}
             _log(self.rec, self.request_id, self.conversation_id, self.worker, self.model, final, self.started, status=200, **text)
 
-    async def collect(self, queue: "asyncio.Queue[RequestOutput]", request: Request, headers: dict[str, str]) -> Response | None:
+    async def collect(self, queue: OutputStream, request: Request, headers: dict[str, str]) -> Response | None:
         """The whole answer as one JSON body; ``None`` when the worker failed
         in a way another worker may not (the caller retries elsewhere)."""
         gather = asyncio.create_task(self._gather(queue))
@@ -291,11 +290,11 @@ class _Relay:
         )
         return JSONResponse(body, headers=headers)
 
-    async def _gather(self, queue: "asyncio.Queue[RequestOutput]") -> tuple[str, str, RequestOutput]:
+    async def _gather(self, queue: OutputStream) -> tuple[str, str, RequestOutput]:
         content, reasoning = [self.first.content], [self.first.reasoning]
         out = self.first
         while out.finish_reason is None:
-            out = await queue.get()
+            out = await queue.get()  # type: ignore[assignment]  # no timeout: never None
             content.append(out.content)
             reasoning.append(out.reasoning)
         return "".join(content), "".join(reasoning), out
