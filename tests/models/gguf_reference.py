@@ -70,10 +70,12 @@ def _rms_norm(x: np.ndarray, w: np.ndarray, eps: float) -> np.ndarray:
     return x / np.sqrt(np.mean(x * x, axis=-1, keepdims=True) + eps) * w
 
 
-def _rope_adjacent(x: np.ndarray, base: float) -> np.ndarray:
-    """llama.cpp's normal rope: rotates the pairs (x[2i], x[2i+1])."""
+def _rope_adjacent(x: np.ndarray, base: float, freq_factors: np.ndarray | None = None) -> np.ndarray:
+    """llama.cpp's normal rope: rotates the pairs (x[2i], x[2i+1]); rope_freqs divide the frequencies."""
     t, _, d = x.shape
     inv = base ** (-np.arange(0, d, 2, dtype=np.float64) / d)
+    if freq_factors is not None:
+        inv = inv / freq_factors
     ang = np.arange(t, dtype=np.float64)[:, None] * inv[None, :]
     cos, sin = np.cos(ang)[:, None, :], np.sin(ang)[:, None, :]
     x0, x1 = x[..., 0::2], x[..., 1::2]
@@ -123,8 +125,8 @@ def _forward(meta: dict[str, Any], w: dict[str, np.ndarray], ids: list[int]) -> 
         h = _rms_norm(x, w[p + "attn_norm.weight"], eps)
         q, k, v = (h @ w[p + f"attn_{n}.weight"].T + w.get(p + f"attn_{n}.bias", 0.0) for n in "qkv")
         hd = q.shape[-1] // n_head
-        q = _rope_adjacent(q.reshape(t, n_head, hd), base)
-        k = _rope_adjacent(k.reshape(t, n_kv, hd), base)
+        q = _rope_adjacent(q.reshape(t, n_head, hd), base, w.get("rope_freqs.weight"))
+        k = _rope_adjacent(k.reshape(t, n_kv, hd), base, w.get("rope_freqs.weight"))
         v = v.reshape(t, n_kv, hd)
         rep = n_head // n_kv
         k, v = np.repeat(k, rep, axis=1), np.repeat(v, rep, axis=1)

@@ -39,6 +39,7 @@ def write_llama(
     tied: bool = False,
     qkv_bias: bool = True,
     tokenizer_model: str = "gpt2",
+    rope_freqs: np.ndarray | None = None,
     seed: int = 7,
 ) -> Path:
     rng = np.random.default_rng(seed)
@@ -83,6 +84,8 @@ def write_llama(
         _add(w, p + "ffn_gate.weight", mat(f, h), next(cycle))
         _add(w, p + "ffn_up.weight", mat(f, h), next(cycle))
         _add(w, p + "ffn_down.weight", mat(h, f), next(cycle))
+    if rope_freqs is not None:  # what llama.cpp writes for Llama-3.1 rope scaling
+        _add(w, "rope_freqs.weight", np.asarray(rope_freqs, np.float32), Q.F32)
     _add(w, "output_norm.weight", 1 + 0.1 * rng.standard_normal(h), Q.F32)
     if not tied:
         _add(w, "output.weight", mat(vocab, h), Q.Q4_0)

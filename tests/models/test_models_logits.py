@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+from gguf import GGMLQuantizationType as Q
 
 from tests.models.gguf_reference import ReferenceBPE, read_gguf, reference_logits
 from tests.models.gguf_synth import llama_cpp_permute, write_llama
@@ -81,3 +83,43 @@ def test_all_tensor_types_bias_and_untied_output(synthetic, tmp_path):
     ids = loaded.tokenizer.encode("Synthetic weights, 42 tokens?", add_special_tokens=False)
     diff = np.abs(mlx_logits(loaded.model, ids) - reference_logits(meta, weights, ids)).max()
     assert diff <= 1e-3
+
+
+def hf_llama3_divisors(head_dim: int, base: float, factor=8.0, low=1.0, high=4.0, original=8192) -> np.ndarray:
+    """transformers' Llama-3 inv_freq rule, element by element, as divisors of the plain frequencies."""
+    out = []
+    for i in range(0, head_dim, 2):
+        inv = base ** (-i / head_dim)
+        wavelen = 2 * np.pi / inv
+        if wavelen < original / high:
+            new = inv
+        elif wavelen > original / low:
+            new = inv / factor
+        else:
+            smooth = (original / wavelen - low) / (high - low)
+            new = (1 - smooth) * inv / factor + smooth * inv
+        out.append(inv / new)
+    return np.array(out)
+
+
+def test_llama3_rope_scaling_from_rope_freqs(tmp_path, monkeypatch, tokenizer_meta):
+    from worker.models import ModelLoadError, load_model
+
+    monkeypatch.setenv("KMLX_CACHE_DIR", str(tmp_path / "cache"))
+    divisors = hf_llama3_divisors(16, 10000.0)
+    assert len(set(np.round(divisors, 6))) == 3  # all three regimes: 1, smoothed, the factor
+    gguf = write_llama(tmp_path / "llama31ish.gguf", tokenizer_meta, types=(Q.Q8_0, Q.F16), rope_freqs=divisors)
+    loaded = load_model(str(gguf))
+    config = json.loads((loaded.path / "config.json").read_text())
+    assert config["rope_scaling"] == {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
+                                      "high_freq_factor": 4.0, "original_max_position_embeddings": 8192}
+    meta, weights, _ = read_gguf(gguf)
+    ids = list(range(1000, 1400, 5))  # 80 positions: the scaled low frequencies matter
+    got = mlx_logits(loaded.model, ids)
+    assert np.abs(got - reference_logits(meta, weights, ids)).max() <= 1e-3
+    unscaled = {k: v for k, v in weights.items() if k != "rope_freqs.weight"}
+    assert np.abs(got - reference_logits(meta, unscaled, ids)).max() > 1e-3  # the check can fail
+
+    odd = write_llama(tmp_path / "odd.gguf", tokenizer_meta, types=(Q.F16,), rope_freqs=np.linspace(1, 3, 8))
+    with pytest.raises(ModelLoadError, match="not a Llama-3 scaling"):
+        load_model(str(odd))

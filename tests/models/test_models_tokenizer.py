@@ -71,3 +71,20 @@ def test_chat_template_from_gguf(default_loaded):
 def test_no_bos_added(default_loaded):
     # The GGUF says add_bos_token = false; SmolLM2's chat template starts with <|im_start|>.
     assert default_loaded.tokenizer.encode("Hi") == default_loaded.tokenizer.encode("Hi", add_special_tokens=False)
+
+
+@pytest.mark.parametrize("pre", ["llama-bpe", "qwen2"])
+def test_other_pre_tokenizers_split_like_their_regex(pre):
+    """The splits for Llama-3 / Qwen2 GGUFs: same pieces as Python's `regex` on llama.cpp's pattern."""
+    import regex
+    from tokenizers import pre_tokenizers
+
+    from tests.models.gguf_reference import _byte_chars
+    from worker.models.gguf_tokenizer import _PRE_TOKENIZERS, _pre_tokenizer
+
+    pattern = _PRE_TOKENIZERS[pre][1]
+    chars = _byte_chars()
+    for text in TEXTS[2:10]:
+        got = [piece for piece, _ in _pre_tokenizer(pre, pre_tokenizers).pre_tokenize_str(text)]
+        want = ["".join(chars[b] for b in m.encode()) for m in regex.findall(pattern, text)]
+        assert got == want, text

@@ -96,8 +96,6 @@ def build_config(info: GGUFInfo) -> dict[str, Any]:
         raise ModelLoadError(f"{name}: partial rotary embeddings ({rope_dims} of {head_dim}) are not supported")
     if any(n.endswith("_exps.weight") for n in info.tensor_types):
         raise ModelLoadError(f"{name}: mixture-of-experts llama GGUFs are not supported")
-    if "rope_freqs.weight" in info.tensor_types:
-        raise ModelLoadError(f"{name}: llama-3 style rope frequency factors (rope_freqs) are not supported yet")
     config: dict[str, Any] = {
         "architectures": ["LlamaForCausalLM"],
         "model_type": "llama",
@@ -117,7 +115,11 @@ def build_config(info: GGUFInfo) -> dict[str, Any]:
         "mlp_bias": False,
     }
     scaling = info.arch("rope.scaling.type")
-    if scaling and scaling != "none":
+    if "rope_freqs.weight" in info.tensors:  # Llama 3.1+: parameters baked into a tensor
+        from .gguf_rope import rope_scaling_from_freqs
+
+        config["rope_scaling"] = rope_scaling_from_freqs(info, head_dim, config["rope_theta"])
+    elif scaling and scaling != "none":
         factor = float(info.arch("rope.scaling.factor", 1.0))
         if scaling != "linear":
             raise ModelLoadError(f"{name}: rope scaling {scaling!r} is not supported (only 'linear')")
@@ -136,6 +138,8 @@ def map_tensors(info: GGUFInfo, tensors: dict[str, Any], config: dict[str, Any])
             target = f"model.layers.{parts[1]}.{_LAYER[parts[2]]}"
             if parts[2] in heads:
                 value = unpermute_rows(value, heads[parts[2]])
+        elif base == "rope_freqs":
+            continue  # became config["rope_scaling"]
         elif base in _TOP:
             target = _TOP[base]
         else:
