@@ -58,13 +58,23 @@ def write_llama(
     w.add_rope_freq_base(10000.0)
     w.add_rope_dimension_count(head_dim)
     w.add_tokenizer_model(tokenizer_model)
-    w.add_tokenizer_pre(tokenizer_meta.get("tokenizer.ggml.pre", "smollm"))
+    if "tokenizer.ggml.pre" in tokenizer_meta:
+        w.add_tokenizer_pre(tokenizer_meta["tokenizer.ggml.pre"])
     w.add_token_list(tokenizer_meta["tokenizer.ggml.tokens"])
-    w.add_token_merges(tokenizer_meta["tokenizer.ggml.merges"])
+    if "tokenizer.ggml.merges" in tokenizer_meta:
+        w.add_token_merges(tokenizer_meta["tokenizer.ggml.merges"])
+    if "tokenizer.ggml.scores" in tokenizer_meta:
+        w.add_token_scores(list(tokenizer_meta["tokenizer.ggml.scores"]))
     w.add_token_types(list(tokenizer_meta["tokenizer.ggml.token_type"]))
-    w.add_bos_token_id(int(tokenizer_meta["tokenizer.ggml.bos_token_id"]))
-    w.add_eos_token_id(int(tokenizer_meta["tokenizer.ggml.eos_token_id"]))
-    w.add_chat_template(tokenizer_meta["tokenizer.chat_template"])
+    for key, add in (("bos_token_id", w.add_bos_token_id), ("eos_token_id", w.add_eos_token_id),
+                     ("unknown_token_id", w.add_unk_token_id)):
+        if f"tokenizer.ggml.{key}" in tokenizer_meta:
+            add(int(tokenizer_meta[f"tokenizer.ggml.{key}"]))
+    for key, add in (("add_bos_token", w.add_add_bos_token), ("add_space_prefix", w.add_add_space_prefix)):
+        if f"tokenizer.ggml.{key}" in tokenizer_meta:
+            add(bool(tokenizer_meta[f"tokenizer.ggml.{key}"]))
+    if "tokenizer.chat_template" in tokenizer_meta:
+        w.add_chat_template(tokenizer_meta["tokenizer.chat_template"])
 
     cycle = itertools.cycle(types)
     mat = lambda rows, cols: rng.standard_normal((rows, cols)) * 0.1  # noqa: E731

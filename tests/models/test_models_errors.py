@@ -90,8 +90,8 @@ def test_unsupported_tensor_type(tmp_path):
 
 
 def test_unsupported_tokenizer(tmp_path, tokenizer_meta):
-    path = write_llama(tmp_path / "spm.gguf", tokenizer_meta, tokenizer_model="llama")
-    fails(path, "tokenizer type 'llama' is not supported")
+    path = write_llama(tmp_path / "bert.gguf", tokenizer_meta, tokenizer_model="bert")
+    fails(path, "tokenizer type 'bert' is not supported")
 
 
 def test_bad_weights_choice(tiny_model_path):

@@ -156,9 +156,10 @@ def _check_supported(info: GGUFInfo) -> None:
             f"supported: {supported} - use a Q4_0, Q4_1, Q8_0 or F16 GGUF of this model"
         )
     tokenizer = info.get("tokenizer.ggml.model")
-    if tokenizer != "gpt2":
+    if tokenizer not in ("gpt2", "llama"):
         raise ModelLoadError(
-            f"{name}: tokenizer type {tokenizer!r} is not supported (supported: 'gpt2', byte-level BPE)"
+            f"{name}: tokenizer type {tokenizer!r} is not supported "
+            "(supported: 'gpt2' byte-level BPE, 'llama' SentencePiece BPE)"
         )
 
 

@@ -48,45 +48,35 @@ _IGNORE_MERGES = {"llama-bpe", "llama3", "smaug-bpe"}
 
 def write_tokenizer(info: GGUFInfo, out: Path) -> dict[str, Any]:
     """Write tokenizer.json and tokenizer_config.json into `out`; return the ids used."""
-    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, processors
+    from tokenizers import AddedToken, processors
 
     tokens: list[str] = list(info.get("tokenizer.ggml.tokens") or [])
     if not tokens:
         raise ModelLoadError(f"{info.path.name}: the GGUF has no tokenizer vocabulary")
     kinds: list[int] = list(info.get("tokenizer.ggml.token_type") or [NORMAL] * len(tokens))
-    merges = [tuple(m.split(" ", 1)) for m in info.get("tokenizer.ggml.merges") or []]
-    pre = str(info.get("tokenizer.ggml.pre", "default"))
-    if pre not in _PRE_TOKENIZERS:
-        raise ModelLoadError(
-            f"{info.path.name}: GGUF pre-tokenizer {pre!r} is not supported "
-            f"(supported: {', '.join(sorted(_PRE_TOKENIZERS))})"
-        )
+    ids = _special_ids(info, len(tokens))
+    if info.get("tokenizer.ggml.model") == "llama":  # SentencePiece-style vocabulary
+        from .gguf_spm import spm_tokenizer
 
-    vocab: dict[str, int] = {}
-    for i, tok in enumerate(tokens):
-        vocab.setdefault(tok, i)  # a duplicated string keeps its first id
-    bpe = models.BPE(
-        vocab=vocab, merges=merges, fuse_unk=False, byte_fallback=False,
-        ignore_merges=pre in _IGNORE_MERGES,
-    )
-    tokenizer = Tokenizer(bpe)
-    tokenizer.pre_tokenizer = _pre_tokenizer(pre, pre_tokenizers)
-    tokenizer.decoder = decoders.ByteLevel()
+        scores = list(info.get("tokenizer.ggml.scores") or [0.0] * len(tokens))
+        tokenizer = spm_tokenizer(tokens, scores, kinds, ids["unk"],
+                                  bool(info.get("tokenizer.ggml.add_space_prefix", True)))
+    else:
+        tokenizer = _byte_level_bpe(info, tokens)
 
-    # Control tokens (<|im_start|> ...) are matched whole before BPE and are
+    # Control tokens (<|im_start|>, <s>, <unk> ...) are matched whole before BPE and are
     # "special" (skipped when decoding with skip_special_tokens); user-defined
     # ones are matched whole too but are ordinary text.
     # Both keep their ids, which are already in the vocabulary.
     tokenizer.add_special_tokens([
         AddedToken(tok, special=True, normalized=False)
-        for tok, kind in zip(tokens, kinds) if kind == CONTROL
+        for tok, kind in zip(tokens, kinds) if kind in (CONTROL, UNKNOWN)
     ])
     tokenizer.add_tokens([
         AddedToken(tok, special=False, normalized=False)
         for tok, kind in zip(tokens, kinds) if kind == USER_DEFINED
     ])
 
-    ids = _special_ids(info, len(tokens))
     name = {key: tokens[i] if i is not None else None for key, i in ids.items()}
     add_bos = bool(info.get("tokenizer.ggml.add_bos_token", False)) and name["bos"] is not None
     add_eos = bool(info.get("tokenizer.ggml.add_eos_token", False)) and name["eos"] is not None
@@ -108,6 +98,29 @@ def write_tokenizer(info: GGUFInfo, out: Path) -> dict[str, Any]:
         config["chat_template"] = template
     (out / "tokenizer_config.json").write_text(json.dumps(config, indent=2, ensure_ascii=False))
     return ids
+
+
+def _byte_level_bpe(info: GGUFInfo, tokens: list[str]) -> Any:
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+
+    merges = [tuple(m.split(" ", 1)) for m in info.get("tokenizer.ggml.merges") or []]
+    pre = str(info.get("tokenizer.ggml.pre", "default"))
+    if pre not in _PRE_TOKENIZERS:
+        raise ModelLoadError(
+            f"{info.path.name}: GGUF pre-tokenizer {pre!r} is not supported "
+            f"(supported: {', '.join(sorted(_PRE_TOKENIZERS))})"
+        )
+    vocab: dict[str, int] = {}
+    for i, tok in enumerate(tokens):
+        vocab.setdefault(tok, i)  # a duplicated string keeps its first id
+    bpe = models.BPE(
+        vocab=vocab, merges=merges, fuse_unk=False, byte_fallback=False,
+        ignore_merges=pre in _IGNORE_MERGES,
+    )
+    tokenizer = Tokenizer(bpe)
+    tokenizer.pre_tokenizer = _pre_tokenizer(pre, pre_tokenizers)
+    tokenizer.decoder = decoders.ByteLevel()
+    return tokenizer
 
 
 def _pre_tokenizer(pre: str, pre_tokenizers: Any) -> Any:
