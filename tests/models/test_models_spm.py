@@ -8,11 +8,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import sentencepiece as spm  # an mlx-lm dependency
 
 from tests.models.gguf_reference import read_gguf, reference_logits
 from tests.models.gguf_synth import write_llama
-
-spm = pytest.importorskip("sentencepiece")
 
 WORDS = ("the quick brown fox jumps over lazy dog café naïve 日本 語 numbers 12345 code def "
          "return print self while for in range hello world").split()
