@@ -144,7 +144,8 @@ class TerminalRenderer:
         self.console.print(Text(text, style="dim"))
 
     def stats(self, text: str) -> None:
-        self.console.print(Text(text, style="dim cyan"))
+        # One logical line (let the terminal wrap it) so it stays greppable.
+        self.console.print(Text(text, style="dim cyan"), soft_wrap=True)
 
     def error(self, text: str) -> None:
         self.console.print(Text(text, style="bold red"))

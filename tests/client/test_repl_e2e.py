@@ -137,3 +137,26 @@ def test_models_and_health(tiny_stack: Any, client_env: dict[str, str]) -> None:
     assert r.returncode == 0 and r.stdout.strip()
     r = kmlx(client_env, "health", "-u", tiny_stack.base_url)
     assert r.returncode == 0 and r.stdout.startswith("ready")
+
+
+def test_image_answered_by_the_tiny_vlm(make_stack: Any, client_env: dict[str, str], tmp_path: Path) -> None:
+    from PIL import Image
+
+    from worker.vision.tiny_vlm import build_tiny_vlm
+
+    stack = make_stack(build_tiny_vlm())
+    Image.new("RGB", (48, 32), (20, 160, 40)).save(tmp_path / "green field.png")
+    env = {**client_env, "HOME": str(tmp_path)}
+    child = spawn_chat(env, stack.base_url, "-v", "--max-tokens", "6", timeout=180)
+    say(child, r"image:~/green\ field.png What colour is this?")
+    child.expect_exact("attached 1 image")
+    child.expect(r"completion (\d+)")
+    assert int(child.match.group(1)) > 0
+    child.expect(r"kv [a-z]+")  # whatever the server reports for image turns
+    child.expect_exact(PROMPT)
+    # a follow-up: the image stays in the history the client resends
+    say(child, "Are you sure?")
+    child.expect(r"completion (\d+)")
+    child.expect_exact(PROMPT)
+    child.sendcontrol("d")
+    assert finish(child) == 0
