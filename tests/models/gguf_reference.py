@@ -43,6 +43,9 @@ def read_gguf(path: Path) -> tuple[dict[str, Any], dict[str, np.ndarray], dict[s
 def dequantize(raw: np.ndarray, kind: str, shape: tuple[int, ...]) -> np.ndarray:
     if kind in ("F32", "F16"):
         return raw.astype(np.float64).reshape(shape)
+    if kind == "BF16":  # the top half of a float32
+        bits = raw.reshape(-1).view(np.uint16).astype(np.uint32) << 16
+        return bits.view(np.float32).astype(np.float64).reshape(shape)
     blocks = raw.reshape(-1).view(np.uint8)
     if kind == "Q8_0":  # 2-byte f16 scale, 32 int8
         b = blocks.reshape(-1, 34)

@@ -26,6 +26,8 @@ def _add(writer: Any, name: str, values: np.ndarray, qtype: Q) -> None:
         writer.add_tensor(name, values.astype(np.float32))
     elif qtype == Q.F16:
         writer.add_tensor(name, values.astype(np.float16))
+    elif qtype == Q.BF16:
+        writer.add_tensor(name, gguf.quants.quantize(values.astype(np.float32), qtype), raw_dtype=qtype)
     else:
         writer.add_tensor(name, gguf.quants.quantize(values.astype(np.float32), qtype), raw_dtype=qtype)
 

@@ -63,11 +63,12 @@ def test_unpermute_inverts_llama_cpp_permute():
 
 @pytest.fixture(scope="module")
 def synthetic(tmp_path_factory, tokenizer_meta) -> Path:
-    return write_llama(tmp_path_factory.mktemp("gguf") / "synthetic-llama.gguf", tokenizer_meta)
+    types = (Q.Q4_0, Q.Q4_1, Q.Q8_0, Q.F16, Q.BF16, Q.F32)
+    return write_llama(tmp_path_factory.mktemp("gguf") / "synthetic-llama.gguf", tokenizer_meta, types=types)
 
 
 def test_all_tensor_types_bias_and_untied_output(synthetic, tmp_path):
-    """F32, F16, Q4_0, Q4_1 and Q8_0 matrices, permuted q/k biases and a separate output head,
+    """F32, F16, BF16, Q4_0, Q4_1 and Q8_0 matrices, permuted q/k biases and a separate output head,
     converted through the CLI and loaded as a folder, against the float64 reference."""
     from worker.models import load_model
 
@@ -77,7 +78,7 @@ def test_all_tensor_types_bias_and_untied_output(synthetic, tmp_path):
     assert run.returncode == 0, run.stderr
     assert run.stdout.strip() == str(out)
     meta, weights, types = read_gguf(synthetic)
-    assert set(types.values()) == {"F32", "F16", "Q4_0", "Q4_1", "Q8_0"}
+    assert set(types.values()) == {"F32", "F16", "BF16", "Q4_0", "Q4_1", "Q8_0"}
     loaded = load_model(str(out))
     assert loaded.model_id == "converted" and loaded.context_length == 2048
     ids = loaded.tokenizer.encode("Synthetic weights, 42 tokens?", add_special_tokens=False)

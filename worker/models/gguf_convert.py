@@ -15,7 +15,7 @@ from typing import Any
 
 from .cache import atomic_dir
 from .errors import ModelLoadError
-from .gguf_file import GGUFInfo, read_gguf
+from .gguf_file import GGUFInfo, read_bf16, read_gguf
 from .gguf_tokenizer import write_tokenizer
 from .progress import step
 
@@ -54,6 +54,9 @@ def convert_gguf(src: Path, dest: Path, *, extra_source: dict[str, Any] | None =
                 tensors = mx.load(str(src))
             except (RuntimeError, ValueError) as exc:
                 raise ModelLoadError(f"{src}: cannot load its tensors ({exc})") from exc
+            for name, kind in info.tensor_types.items():
+                if kind == "BF16":
+                    tensors[name] = read_bf16(info, name)
         with step("mapping tensors to MLX layout"):
             weights = map_tensors(info, tensors, config)
             quant = _quantization_config(weights)

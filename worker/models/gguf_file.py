@@ -21,13 +21,16 @@ GGUF_MAGIC = b"GGUF"
 SUPPORTED_ARCHITECTURES = ("llama",)
 # ggml type id -> (name, elements per block, bytes per block). Types mx.load
 # turns into MLX arrays without loss: floats as they are, Q4_0/Q4_1/Q8_0 as MLX
-# affine-quantized triples (group size 32).
-SUPPORTED_TYPES = {0: ("F32", 1, 4), 1: ("F16", 1, 2), 2: ("Q4_0", 32, 18), 3: ("Q4_1", 32, 20), 8: ("Q8_0", 32, 34)}
+# affine-quantized triples (group size 32); plus BF16, which we read ourselves.
+SUPPORTED_TYPES = {
+    0: ("F32", 1, 4), 1: ("F16", 1, 2), 2: ("Q4_0", 32, 18), 3: ("Q4_1", 32, 20), 8: ("Q8_0", 32, 34),
+    30: ("BF16", 1, 2),  # read by us: mx.load would turn it into float16
+}
 _OTHER_TYPES = {
     6: "Q5_0", 7: "Q5_1", 9: "Q8_1", 10: "Q2_K", 11: "Q3_K", 12: "Q4_K", 13: "Q5_K", 14: "Q6_K",
     15: "Q8_K", 16: "IQ2_XXS", 17: "IQ2_XS", 18: "IQ3_XXS", 19: "IQ1_S", 20: "IQ4_NL", 21: "IQ3_S",
     22: "IQ2_S", 23: "IQ4_XS", 24: "I8", 25: "I16", 26: "I32", 27: "I64", 28: "F64", 29: "IQ1_M",
-    30: "BF16", 34: "TQ1_0", 35: "TQ2_0", 39: "MXFP4",
+    34: "TQ1_0", 35: "TQ2_0", 39: "MXFP4",
 }
 # GGUF value type id -> struct format of a scalar
 _SCALARS = {0: "B", 1: "b", 2: "H", 3: "h", 4: "I", 5: "i", 6: "f", 7: "?", 10: "Q", 11: "q", 12: "d"}
@@ -153,7 +156,7 @@ def _check_supported(info: GGUFInfo) -> None:
         supported = ", ".join(v[0] for v in SUPPORTED_TYPES.values())
         raise ModelLoadError(
             f"{name}: tensor type {', '.join(kinds)} is not supported (e.g. {next(iter(bad))!r}); "
-            f"supported: {supported} - use a Q4_0, Q4_1, Q8_0 or F16 GGUF of this model"
+            f"supported: {supported} - use a Q4_0, Q4_1, Q8_0, F16 or BF16 GGUF of this model"
         )
     tokenizer = info.get("tokenizer.ggml.model")
     if tokenizer not in ("gpt2", "llama"):
@@ -176,3 +179,14 @@ def _check_complete(info: GGUFInfo) -> None:
             raise ModelLoadError(
                 f"{info.path} is truncated: tensor {name!r} extends past the end of the file; download it again"
             )
+
+
+def read_bf16(info: GGUFInfo, name: str) -> Any:
+    """A BF16 tensor as an MLX bfloat16 array, bit for bit."""
+    import mlx.core as mx
+    import numpy as np
+
+    t = info.tensors[name]
+    count = int(np.prod(t.shape)) if t.shape else 1
+    bits = np.fromfile(info.path, dtype="<u2", count=count, offset=t.offset).astype(np.uint32) << 16
+    return mx.array(bits.view(np.float32).reshape(t.shape)).astype(mx.bfloat16)
