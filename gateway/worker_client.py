@@ -98,6 +98,7 @@ class WorkerClient:
         self._calls: dict[str, asyncio.Future[ControlReply]] = {}
         self._tasks: list[asyncio.Task] = []
         self._call_ids = itertools.count()
+        self._confirming: asyncio.Task | None = None
 
     # ------------------------------------------------------------------ #
     @property
@@ -151,9 +152,10 @@ class WorkerClient:
         ]
 
     async def close(self) -> None:
-        for t in self._tasks:
+        tasks = self._tasks + ([self._confirming] if self._confirming else [])
+        for t in tasks:
             t.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await asyncio.gather(*tasks, return_exceptions=True)
         self._mark_down("gateway shutting down")
         if self._sock is not None:
             self._sock.disable_monitor()
@@ -230,7 +232,8 @@ class WorkerClient:
             except codec.DecodeError as exc:
                 log.warning("undecodable message from %s: %s", self.address, exc)
                 continue
-            self.state.last_seen = time.monotonic()
+            if isinstance(msg, (StepOutputs, ControlReply)):
+                self.state.last_seen = time.monotonic()  # the compute loop is alive
             if isinstance(msg, StepOutputs):
                 if msg.load is not None:
                     self.state.load = msg.load
@@ -261,11 +264,23 @@ class WorkerClient:
             self._mark_down(f"worker speaks protocol {info.protocol_version}, gateway {PROTOCOL_VERSION}")
             log.error("refusing worker %s at %s: %s", info.worker_id, self.address, self.state.reason)
             return
+        self.state.info = info
+        if not self.state.ready and (self._confirming is None or self._confirming.done()):
+            self.state.reason = "handshake answered; waiting for its compute loop"
+            self._confirming = asyncio.create_task(self._confirm_ready(info))
+
+    async def _confirm_ready(self, info: WorkerInfo) -> None:
+        """Ready only once the compute loop answers a ping: the handshake is
+        answered by the worker's IO thread, which lives on even when the
+        compute loop hangs, and must not bring a hung worker back."""
+        try:
+            await self.call("ping", timeout=self.ping_timeout)
+        except WorkerUnavailable:
+            return  # the liveness loop says hello again
         if not self.state.ready:
             log.info("worker %s ready at %s (model %s)", info.worker_id, self.address, info.model_id)
-        self.state.info = info
-        self.state.ready = True
-        self.state.reason = "ready"
+            self.state.ready = True
+            self.state.reason = "ready"
 
     async def _monitor_loop(self, monitor: zmq.asyncio.Socket) -> None:
         while True:
