@@ -3,6 +3,7 @@
     python -m bench                          serving overhead (tiny model)
     python -m bench serving --model default  the same on the real default model
     python -m bench cache                    prompt caching (real default model)
+    python -m bench pool                     1/2/3 workers; the gateway's own streaming capacity
     python -m bench all                      every suite
 """
 
@@ -25,10 +26,17 @@ def _cache(args: argparse.Namespace, model: Path) -> None:
     run(model, turns=args.turns, system_tokens=args.system_tokens)
 
 
+def _pool(args: argparse.Namespace, model: Path) -> None:
+    from .pool import run
+
+    run(model, max_tokens=args.max_tokens, streams=args.streams)
+
+
 # suite -> (runner, the model it uses unless --model says otherwise)
 SUITES: dict[str, tuple[Callable[[argparse.Namespace, Path], None], str]] = {
     "serving": (_serving, "tiny"),
     "cache": (_cache, "default"),
+    "pool": (_pool, "tiny"),
 }
 
 
@@ -38,6 +46,7 @@ def main() -> None:
     p.add_argument("--model", default=None, help="tiny | default | a model folder (default: the suite's own)")
     p.add_argument("--max-tokens", type=int, default=256, help="serving: new tokens per stream")
     p.add_argument("--repeats", type=int, default=3, help="serving: runs per measurement (median)")
+    p.add_argument("--streams", type=int, default=12, help="pool: concurrent streams spread over the workers")
     p.add_argument("--turns", type=int, default=10, help="cache: turns of the growing chat")
     p.add_argument("--system-tokens", type=int, default=2000, help="cache: size of the long system prompt")
     args = p.parse_args()
