@@ -52,12 +52,11 @@ def _batched(model, processor, inputs, *, rerotate: bool, chunk: int):
     from mlx_lm.generate import BatchGenerator
 
     from worker.vision.batch_model import BatchView
-    from worker.vision.prefill import PrefillJob, VisionPrefiller
+    from worker.vision.prefill import VisionPrefiller
 
     view = BatchView(model)
     pre = VisionPrefiller(model, view.make_cache)
-    job = PrefillJob(inputs["input_ids"], inputs["pixel_values"], {"image_grid_thw": inputs["image_grid_thw"]})
-    pre.start(job)
+    job = pre.encode(inputs["input_ids"], inputs["pixel_values"], {"image_grid_thw": inputs["image_grid_thw"]})
     assert job.delta < 0  # the image really moves the positions
     if not rerotate:
         job.delta = 0

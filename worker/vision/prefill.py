@@ -1,8 +1,9 @@
 """Prefill one vision prompt into a KV cache that decodes like a text prompt.
 
-The vision tower and the embedding merge run once; the language model then
-consumes the prompt embeddings in chunks (one chunk per compute-loop turn,
-so running text streams keep flowing). All but the last prompt token go in
+The vision tower and the embedding merge run once, on the media thread
+(``encode``); the language model then consumes the prompt embeddings in
+chunks on the compute thread (one chunk per loop turn, so running text
+streams keep flowing). All but the last prompt token go in
 here; the last one is handed to the shared batch, whose first step
 produces the first completion token.
 
@@ -30,12 +31,10 @@ class VisionModelError(RuntimeError):
 
 @dataclass
 class PrefillJob:
-    input_ids: mx.array  # (1, L)
-    pixel_values: mx.array | None
-    extra: dict[str, Any]  # image_grid_thw etc., as the processor produced them
-    embeds: mx.array | None = None
-    position_ids: mx.array | None = None
-    delta: int = 0
+    input_ids: mx.array  # (1, L), evaluated
+    embeds: mx.array | None  # (1, L, hidden): text embeddings with the image features merged in
+    position_ids: mx.array | None  # (3, 1, L) for mrope models, else None (the cache offset is right)
+    delta: int = 0  # mrope: next position minus prompt length (<= 0)
     cache: list[Any] = field(default_factory=list)
     done_tokens: int = 0  # prompt tokens already in the cache
 
@@ -58,20 +57,26 @@ class VisionPrefiller:
         # matmul per prompt token (the logits of prompt tokens are unused).
         self._body = inner if inner is not None and hasattr(inner, "embed_tokens") else None
 
-    def start(self, job: PrefillJob) -> None:
-        """Vision tower + embedding merge + position ids (one go)."""
-        feats = self.vlm.get_input_embeddings(job.input_ids, job.pixel_values, **job.extra)
-        job.embeds = feats.inputs_embeds
-        job.position_ids = getattr(feats, "position_ids", None)
+    def encode(self, input_ids: mx.array, pixel_values: mx.array | None, extra: dict[str, Any]) -> PrefillJob:
+        """Vision tower + embedding merge + position ids, evaluated. Runs on
+        the media thread (its own MLX stream), so the compute loop keeps
+        stepping the batch meanwhile; everything handed back is evaluated,
+        as MLX arrays may not cross threads unevaluated."""
+        feats = self.vlm.get_input_embeddings(input_ids, pixel_values, **extra)
+        position_ids = getattr(feats, "position_ids", None)
+        if position_ids is not None and position_ids.ndim != 3:
+            position_ids = None
         deltas = getattr(feats, "rope_deltas", None)
-        job.delta = int(deltas.reshape(-1)[0].item()) if isinstance(deltas, mx.array) and deltas.size else 0
-        if job.position_ids is not None and job.position_ids.ndim != 3:
-            job.position_ids = None  # plain positions: the cache offset is right
-        job.cache = self.make_cache()
-        mx.eval(job.embeds)
+        mx.eval(input_ids, feats.inputs_embeds, *([position_ids] if position_ids is not None else []),
+                *([deltas] if isinstance(deltas, mx.array) else []))
+        delta = int(deltas.reshape(-1)[0].item()) if isinstance(deltas, mx.array) and deltas.size else 0
+        return PrefillJob(input_ids, feats.inputs_embeds, position_ids, delta)
 
     def step(self, job: PrefillJob, chunk: int) -> bool:
-        """Prefill up to ``chunk`` more tokens; True when only the last is left."""
+        """Compute thread: prefill up to ``chunk`` more tokens; True when only
+        the last is left."""
+        if not job.cache:
+            job.cache = self.make_cache()
         n = min(chunk, job.remaining)
         if n > 0:
             a, b = job.done_tokens, job.done_tokens + n

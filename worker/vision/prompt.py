@@ -1,10 +1,10 @@
 """Chat messages with images or video -> model inputs (token ids + pixels).
 
-Two halves. On the media thread (``prepare_media``): decode every media
-part (``media.py``), render the chat template with an image placeholder
-where each image was (a video becomes its frames, in order), and run the
-image processor. On the compute thread (``tokenize``): let the model's
-mlx-vlm processor expand the placeholders, tokenize and make the arrays. The prompt size the client is billed
+Runs on the media thread. ``prepare_media`` decodes every media part
+(``media.py``) and renders the chat template with an image placeholder
+where each image was (a video becomes its frames, in order); ``tokenize``
+lets the model's mlx-vlm processor expand the placeholders, tokenize and
+make the input arrays. The prompt size the client is billed
 for is the length of that token sequence, image tokens included.
 """
 
@@ -22,11 +22,10 @@ MEDIA_KINDS = ("image_url", "input_image", "video_url")
 
 @dataclass
 class PreparedMedia:
-    """The media thread's result: everything slow, nothing MLX."""
+    """Decoded media and the rendered template (no MLX yet)."""
 
     text: str  # the rendered chat template, one placeholder per image
     images: list[Any]  # RGB PIL images in prompt order (video frames included)
-    image_inputs: Any  # the image processor's numpy output, or None
     starts_in_reasoning: bool
 
 
@@ -92,68 +91,35 @@ def _chat_and_images(
 
 
 def prepare_media(
-    image_processor: Any,
     tokenizer: Any,
     messages: list[dict[str, Any]],
     limits: MediaLimits,
     *,
     tools: list[dict[str, Any]] | None = None,
 ) -> PreparedMedia:
-    """Media thread: decode, render the template, run the image processor.
-
-    MLX arrays are tied to the thread that makes them, and a fast tokenizer
-    must not be called from two threads at once, so tokenizing and making
-    arrays is left to ``tokenize`` on the compute thread. Raises MediaError
-    or PromptError.
-    """
+    """Decode every media part and render the chat template around
+    placeholders. Raises MediaError or PromptError."""
     chat, images = _chat_and_images(messages, limits)
     kwargs: dict[str, Any] = {"add_generation_prompt": chat[-1]["role"] != "assistant"}
     if chat[-1]["role"] == "assistant":
         kwargs["continue_final_message"] = True
     if tools:
         kwargs["tools"] = tools
-    try:  # tokenize=False: only the jinja template runs, not the tokenizer
+    try:
         text = tokenizer.apply_chat_template(chat, tokenize=False, **kwargs)
     except Exception as exc:  # jinja raises whatever the template author chose
         raise PromptError(f"the chat template rejected these messages: {exc}") from None
-    image_inputs = None
-    if images and image_processor is not None:
-        try:
-            image_inputs = image_processor(images=images)
-        except (ValueError, TypeError, IndexError, KeyError) as exc:
-            raise PromptError(f"the model's image processor rejected these images: {exc}") from None
-    return PreparedMedia(text, images, image_inputs, text.rstrip().endswith(THINK_OPEN))
-
-
-class _Precomputed:
-    """Stands in for the processor's image processor during ``tokenize``:
-    returns what the media thread already computed, delegates the rest."""
-
-    def __init__(self, real: Any, result: Any):
-        self._real = real
-        self._result = result
-
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        return self._result
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._real, name)
+    return PreparedMedia(text, images, text.rstrip().endswith(THINK_OPEN))
 
 
 def tokenize(processor: Any, prepared: PreparedMedia) -> VisionPrompt:
-    """Compute thread: expand image placeholders, tokenize, make the arrays
-    (the processor's own code, with its image step already done)."""
-    real = getattr(processor, "image_processor", None)
-    swap = prepared.image_inputs is not None and real is not None
-    if swap:
-        processor.image_processor = _Precomputed(real, prepared.image_inputs)
+    """Expand the image placeholders, tokenize, make the input arrays (the
+    model's own mlx-vlm processor). ``processor`` must be private to the
+    calling thread (see ``media_thread.py``)."""
     try:
         inputs = processor(images=prepared.images or None, text=[prepared.text], add_special_tokens=False)
     except (ValueError, TypeError, IndexError, KeyError) as exc:
         raise PromptError(f"the model's processor rejected these inputs: {exc}") from None
-    finally:
-        if swap:
-            processor.image_processor = real
     data = dict(inputs)
     input_ids = data.pop("input_ids")
     data.pop("attention_mask", None)

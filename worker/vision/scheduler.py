@@ -1,8 +1,9 @@
 """The scheduler of a vision worker: text requests as usual, image/video
 requests through three extra stages before they join the same batch.
 
-    admit ──▶ media thread (decode, processor) ──▶ vision prefill (one chunk
-    per loop turn) ──▶ shared BatchGenerator (batched decode with text)
+    admit ──▶ media thread (decode, processor, vision tower on its own MLX
+    stream) ──▶ prompt prefill (one chunk per loop turn) ──▶ the shared
+    BatchGenerator (decode batched with text)
 
 A request with no media part takes the base ``Scheduler`` path unchanged,
 prompt caching included. A vision request reports its cache as
@@ -29,7 +30,7 @@ from .batch_model import BatchView
 from .media import MediaError, MediaLimits
 from .media_thread import MediaThread
 from .prefill import PrefillJob, VisionPrefiller
-from .prompt import PreparedMedia, has_media, prepare_media, tokenize
+from .prompt import has_media, prepare_media, tokenize
 
 log = logging.getLogger("kmlx.worker.vision")
 
@@ -42,10 +43,30 @@ class _Pending:
 
 
 @dataclass
+class _Encoded:
+    """The media thread's result for one request."""
+
+    job: PrefillJob | None  # None: too long for the context, or encoding left to the loop
+    token_ids: list[int]
+    starts_in_reasoning: bool
+    images: int
+    inputs: tuple[Any, Any, dict[str, Any]] | None = None  # (ids, pixels, extra) for the loop to encode
+
+
+@dataclass
 class _Prefill:
     seq: Sequence
-    job: PrefillJob
-    started: bool = False
+    job: PrefillJob | None
+    inputs: tuple[Any, Any, dict[str, Any]] | None = None
+
+
+def _private_copy(processor: Any) -> Any:
+    import copy
+
+    clone = copy.copy(processor)
+    if getattr(processor, "tokenizer", None) is not None:
+        clone.tokenizer = copy.deepcopy(processor.tokenizer)
+    return clone
 
 
 class VisionScheduler(Scheduler):
@@ -59,15 +80,19 @@ class VisionScheduler(Scheduler):
         context_length: int,
         limits: SchedulerLimits,
         media: MediaLimits,
+        encode_on_loop: bool = False,
         **kwargs: Any,
     ):
         self.view = BatchView(vlm)
         super().__init__(self.view, tokenizer, model_id=model_id, context_length=context_length, limits=limits, **kwargs)
         self.processor = processor
-        # Held here so the media thread never reads the attribute ``tokenize``
-        # swaps for a moment on the compute thread.
-        self._image_processor = getattr(processor, "image_processor", None)
+        # The media thread tokenizes too; a fast tokenizer must not be used
+        # from two threads at once, so it gets its own copy.
+        self._media_processor = _private_copy(processor)
         self.media_limits = media
+        # Where the vision tower runs: the media thread (own MLX stream;
+        # running streams keep going) or, as a fallback, one compute-loop turn.
+        self.encode_on_loop = encode_on_loop
         self.prefiller = VisionPrefiller(vlm, self.view.make_cache)
         self.media = MediaThread()
         self._preparing: dict[str, _Pending] = {}
@@ -87,7 +112,7 @@ class VisionScheduler(Scheduler):
         return super().has_work or bool(self._prefilling) or self.media.has_done
 
     def kv_tokens(self) -> int:
-        return super().kv_tokens() + sum(p.job.done_tokens for p in self._prefilling)
+        return super().kv_tokens() + sum(p.job.done_tokens for p in self._prefilling if p.job is not None)
 
     def sequences_of(self, client: bytes) -> list[str]:
         mine = [rid for rid, p in self._preparing.items() if p.client == client]
@@ -115,7 +140,7 @@ class VisionScheduler(Scheduler):
         self._preparing[req.request_id] = _Pending(client, req, time.perf_counter())
         self.media.submit(
             req.request_id,
-            lambda: prepare_media(self._image_processor, self.tokenizer, req.messages, self.media_limits, tools=req.tools),
+            lambda: self._prepare(req),
         )
         return None
 
@@ -158,33 +183,46 @@ class VisionScheduler(Scheduler):
             outputs += super().step()
         return outputs
 
-    def _prepared(self, pending: _Pending, prepared: PreparedMedia | None, error: BaseException | None) -> RequestOutput:
+    def _prepare(self, req: ChatRequest) -> _Encoded:
+        """Media thread: decode, template, processor, vision tower."""
+        prepared = prepare_media(self._media_processor.tokenizer, req.messages, self.media_limits, tools=req.tools)
+        vp = tokenize(self._media_processor, prepared)
+        n = len(vp.token_ids)
+        if n >= self.context_length:  # refused next; don't run the vision tower for it
+            return _Encoded(None, vp.token_ids, vp.starts_in_reasoning, vp.images)
+        if self.encode_on_loop:
+            import mlx.core as mx
+
+            mx.eval(vp.input_ids, *[v for v in (vp.pixel_values, *vp.extra.values()) if isinstance(v, mx.array)])
+            inputs = (vp.input_ids, vp.pixel_values, vp.extra)
+            return _Encoded(None, vp.token_ids, vp.starts_in_reasoning, vp.images, inputs)
+        job = self.prefiller.encode(vp.input_ids, vp.pixel_values, vp.extra)
+        return _Encoded(job, vp.token_ids, vp.starts_in_reasoning, vp.images)
+
+    def _prepared(self, pending: _Pending, enc: _Encoded | None, error: BaseException | None) -> RequestOutput:
         """The media thread finished a request: refuse it, or queue its prefill
         and announce it (its first output carries the real prompt size)."""
         req = pending.request
-        if error is None and prepared is not None:
-            try:
-                vp = tokenize(self.processor, prepared)
-            except PromptError as exc:
-                error = exc
-        if error is not None or prepared is None:
+        if error is not None or enc is None:
             self.counters.rejected += 1
             if isinstance(error, (MediaError, PromptError)):
                 err = ErrorInfo(str(error), param=error.param, code=error.code or "invalid_request")
+            elif isinstance(error, ValueError):  # mlx-vlm's way of refusing inputs (e.g. token/feature mismatch)
+                err = ErrorInfo(f"the model could not process these inputs: {error}", code="vision_error")
             else:
                 log.error("preparing %s failed: %r", req.request_id, error)
                 err = ErrorInfo(f"the worker could not prepare the media: {error}", type="server_error",
                                 code="media_error", status=500)
             return rejection(req.request_id, err)
-        n_prompt = len(vp.token_ids)
+        n_prompt = len(enc.token_ids)
         room = self.context_length - n_prompt
-        if room <= 0:
+        if room <= 0 or (enc.job is None and enc.inputs is None):
             self.counters.rejected += 1
             return rejection(
                 req.request_id,
                 ErrorInfo(
                     f"this model's maximum context length is {self.context_length} tokens; the messages "
-                    f"(with {vp.images} image(s) or frame(s)) are {n_prompt} tokens",
+                    f"(with {enc.images} image(s) or frame(s)) are {n_prompt} tokens",
                     param="messages",
                     code="context_length_exceeded",
                 ),
@@ -194,29 +232,30 @@ class VisionScheduler(Scheduler):
         seq = Sequence(
             request=req,
             client=pending.client,
-            prompt=Prompt(token_ids=vp.token_ids, starts_in_reasoning=vp.starts_in_reasoning),
+            prompt=Prompt(token_ids=enc.token_ids, starts_in_reasoning=enc.starts_in_reasoning),
             detokenizer=self.tokenizer.detokenizer,
             text=TextStream.create(
-                req.sampling.stop, strip_thinking=req.strip_thinking, starts_in_reasoning=vp.starts_in_reasoning
+                req.sampling.stop, strip_thinking=req.strip_thinking, starts_in_reasoning=enc.starts_in_reasoning
             ),
             max_tokens=max_tokens,
             cache=CacheInfo(mode="disabled", cached_tokens=0, processing_tokens=n_prompt),
         )
         seq.arrived = pending.arrived
-        self._prefilling.append(_Prefill(seq, PrefillJob(vp.input_ids, vp.pixel_values, vp.extra)))
+        self._prefilling.append(_Prefill(seq, enc.job, enc.inputs))
         self.counters.admitted += 1
         self.counters.prompt_tokens += n_prompt
         return seq.output()
 
     def _prefill_turn(self) -> RequestOutput | None:
-        """One unit of vision work for the oldest request: its vision tower,
-        or one prompt chunk, or its hand-over to the batch."""
+        """One prompt chunk of the oldest vision request, or its hand-over
+        to the batch."""
         p = self._prefilling[0]
         try:
-            if not p.started:
+            if p.seq.prefill_started is None:
                 p.seq.prefill_started = time.perf_counter()
-                self.prefiller.start(p.job)
-                p.started = True
+            if p.job is None:  # --vision-encode-on compute-loop: the vision tower takes this turn
+                p.job = self.prefiller.encode(*p.inputs)
+                p.inputs = None
                 return None
             if not self.prefiller.step(p.job, self.limits.prefill_chunk):
                 return None
