@@ -3,6 +3,8 @@ real HTTP, the OpenAI SDK as the client, the tiny model generating."""
 
 from __future__ import annotations
 
+import time
+
 import httpx
 import openai
 import pytest
@@ -31,7 +33,9 @@ def tiny_stack_model_id(stack) -> str:
 
 
 def test_non_stream_completion_and_usage(client):
-    r = client.chat.completions.with_raw_response.create(model="tiny", messages=ask("Hello there"), max_tokens=8, **GREEDY)
+    # a conversation of its own, so no earlier test's cache can serve it
+    conv = {"conversation": f"usage-{time.time_ns()}"}
+    r = client.chat.completions.with_raw_response.create(model="tiny", messages=ask("Hello there"), max_tokens=8, extra_body=conv, **GREEDY)
     resp = r.parse()
     assert resp.object == "chat.completion"
     assert resp.choices[0].finish_reason == "length"
