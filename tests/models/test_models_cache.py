@@ -134,3 +134,25 @@ def test_fast_blas_can_be_disabled():
     """, env={"KMLX_BLAS": "none", "LD_PRELOAD": ""})
     assert run.returncode == 0, run.stderr
     assert run.stdout.strip() == "bundled reference BLAS (KMLX_BLAS=none)"
+
+
+def test_dequantized_weights_are_cached_and_identical(tmp_path, monkeypatch, tokenizer_meta):
+    """The first CPU (float32) load of a quantized model stores its float32 weights;
+    the next load reads them instead of recomputing, and computes the same logits."""
+    import mlx.core as mx
+    import numpy as np
+
+    monkeypatch.setenv("KMLX_CACHE_DIR", str(tmp_path / "cache"))
+    gguf = write_llama(tmp_path / "q.gguf", tokenizer_meta, tied=True, qkv_bias=False)
+    ids = mx.array([[1, 504, 3575, 282, 4649]])
+    first = load_model(str(gguf), weights="float32")
+    derived = list((tmp_path / "cache" / "derived").glob("*/float32/model.safetensors"))
+    assert len(derived) == 1
+    stamp = derived[0].stat().st_mtime_ns
+    second = load_model(str(gguf), weights="float32")
+    assert derived[0].stat().st_mtime_ns == stamp  # read, not rewritten
+    assert second.weights == "float32"
+    assert np.array_equal(np.array(first.model(ids)), np.array(second.model(ids)))
+    monkeypatch.setenv("KMLX_DERIVED_MAX_GB", "0")
+    assert load_model(str(gguf), weights="bfloat16").weights == "bfloat16"
+    assert not list((tmp_path / "cache" / "derived").glob("*/bfloat16"))  # over the (zero) limit

@@ -64,7 +64,7 @@ def convert_gguf(src: Path, dest: Path, *, extra_source: dict[str, Any] | None =
                 config["quantization"] = quant
             mx.eval(list(weights.values()))
         with step(f"writing {dest.name}"):
-            _save_weights(tmp, weights)
+            save_weights(tmp, weights)
             ids = write_tokenizer(info, tmp)
             config["bos_token_id"] = ids["bos"]
             config["eos_token_id"] = _eos_ids(info, ids)
@@ -207,7 +207,8 @@ def _eos_ids(info: GGUFInfo, ids: dict[str, int | None]) -> int | list[int] | No
     return eos[0] if len(eos) == 1 else (eos or None)
 
 
-def _save_weights(folder: Path, weights: dict[str, Any]) -> None:
+def save_weights(folder: Path, weights: dict[str, Any]) -> None:
+    """safetensors shards of at most 2 GiB, named as mlx-lm's loader expects."""
     import mlx.core as mx
 
     shards: list[dict[str, Any]] = [{}]

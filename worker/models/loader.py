@@ -13,7 +13,15 @@ from .errors import ModelLoadError
 from .loaded import LoadedModel
 from .progress import log
 from .resolve import resolve
-from .weights import WEIGHT_CHOICES, apply_weights
+from .weights import (
+    WEIGHT_CHOICES,
+    apply_weights,
+    choose_weights,
+    convert_weights,
+    describe_weights,
+    is_float_choice,
+    quantized_bits,
+)
 
 DEFAULT_CONTEXT_LENGTH = 4096
 _CONTEXT_KEYS = ("max_position_embeddings", "max_sequence_length", "seq_length", "n_positions", "n_ctx")
@@ -40,7 +48,10 @@ def load_model(spec: str | None, *, vision: bool | None = None, weights: str = "
     else:
         model, tokenizer = _load_text(resolved.path)
         processor = None
-    in_memory = apply_weights(model, weights)
+    if is_vision:
+        in_memory = apply_weights(model, weights)
+    else:
+        model, in_memory = _text_weights(model, resolved.path, weights)
     if isinstance(tokenizer, _Pending):
         tokenizer = tokenizer.get()
     log.debug("loaded %s in %.2f s (weights %s)", resolved.model_id, time.perf_counter() - start, in_memory)
@@ -54,6 +65,26 @@ def load_model(spec: str | None, *, vision: bool | None = None, weights: str = "
         is_vision=is_vision,
         weights=in_memory,
     )
+
+
+def _text_weights(model: Any, path: Path, weights: str) -> tuple[Any, str]:
+    """Convert to the chosen weights, through the derived-weights cache when
+    a quantized model is dequantized (the CPU default)."""
+    import mlx.core as mx
+
+    from .derived import load_derived, store_derived
+
+    choice = choose_weights(model, weights)
+    cacheable = is_float_choice(choice) and bool(quantized_bits(model))
+    cached = load_derived(path, choice) if cacheable else None
+    if cached is not None:
+        model = cached
+    else:
+        convert_weights(model, choice)
+    mx.eval(model.parameters())
+    if cacheable and cached is None:
+        store_derived(path, choice, model)
+    return model, describe_weights(model)
 
 
 def read_config(folder: Path) -> dict[str, Any]:

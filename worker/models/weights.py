@@ -27,10 +27,26 @@ def apply_weights(model: Any, choice: str) -> str:
     """Convert `model` in place to `choice`; return what is now in memory ("float32", "q4+q8", ...)."""
     import mlx.core as mx
 
+    convert_weights(model, choose_weights(model, choice))
+    mx.eval(model.parameters())
+    return describe_weights(model)
+
+
+def choose_weights(model: Any, choice: str) -> str:
+    """`choice` with "auto" made concrete for this backend and this model."""
     if choice not in WEIGHT_CHOICES:
         raise ModelLoadError(f"unknown weights {choice!r}; choose one of: {', '.join(WEIGHT_CHOICES)}")
-    if choice == "auto":
-        choice = _auto_choice(model)
+    return _auto_choice(model) if choice == "auto" else choice
+
+
+def is_float_choice(choice: str) -> bool:
+    return choice in _FLOATS
+
+
+def convert_weights(model: Any, choice: str) -> None:
+    """Convert in place (lazily: nothing is computed until evaluated)."""
+    import mlx.core as mx
+
     if choice in _FLOATS:
         if choice == "float16" and mx.default_device() == mx.cpu:
             say("warning: float16 weights are extremely slow on the MLX CPU backend")
@@ -42,8 +58,6 @@ def apply_weights(model: Any, choice: str) -> str:
             dequantize(model)
             model.set_dtype(mx.float32)
             quantize(model, bits)
-    mx.eval(model.parameters())
-    return describe_weights(model)
 
 
 def _auto_choice(model: Any) -> str:
