@@ -12,6 +12,7 @@ $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[test]'
+	$(PY) -m worker.models setup-blas   # fast CPU BLAS (apt as root on Debian/Ubuntu; a hint elsewhere)
 	$(PY) -m worker.models fetch-default
 	$(PY) -m worker.models build-tiny
 	touch $(STAMP)
