@@ -4,6 +4,7 @@
     python -m bench serving --model default  the same on the real default model
     python -m bench cache                    prompt caching (real default model)
     python -m bench pool                     1/2/3 workers; the gateway's own streaming capacity
+    python -m bench vision                   images: preprocessing, latency, text beside images (tiny VLM)
     python -m bench all                      every suite
 """
 
@@ -26,6 +27,12 @@ def _cache(args: argparse.Namespace, model: Path) -> None:
     run(model, turns=args.turns, system_tokens=args.system_tokens)
 
 
+def _vision(args: argparse.Namespace, model: Path) -> None:
+    from .vision import run
+
+    run(model, repeats=args.repeats)
+
+
 def _pool(args: argparse.Namespace, model: Path) -> None:
     from .pool import run
 
@@ -37,6 +44,7 @@ SUITES: dict[str, tuple[Callable[[argparse.Namespace, Path], None], str]] = {
     "serving": (_serving, "tiny"),
     "cache": (_cache, "default"),
     "pool": (_pool, "tiny"),
+    "vision": (_vision, "tiny-vlm"),
 }
 
 
@@ -57,9 +65,15 @@ def main() -> None:
     for name in SUITES if args.suite == "all" else [args.suite]:
         runner, default_model = SUITES[name]
         which = args.model or default_model
-        model = {"tiny": build_tiny_model, "default": ensure_default_model}.get(which, lambda: Path(which))()
+        model = {"tiny": build_tiny_model, "default": ensure_default_model, "tiny-vlm": _tiny_vlm}.get(which, lambda: Path(which))()
         print(f"\n=== {name} ===")
         runner(args, Path(model))
+
+
+def _tiny_vlm() -> Path:
+    from worker.vision.tiny_vlm import build_tiny_vlm
+
+    return build_tiny_vlm()
 
 
 if __name__ == "__main__":

@@ -92,3 +92,30 @@ def test_without_rerotation_the_decode_is_wrong(vlm):
     tokens, logprobs = _batched(model, processor, inputs, rerotate=False, chunk=4096)
     worst = max(float(mx.max(mx.abs(g - w))) for g, w in zip(logprobs, _reference(model, inputs, tokens)))
     assert worst > 0.1
+
+
+def test_sliced_vision_tower_equals_mlx_vlm(vlm):
+    """Slice by slice (a few query rows at a time, two images) the tower
+    gives mlx-vlm's own result."""
+    import io
+
+    from PIL import Image
+
+    from worker.vision.sliced_encoder import SlicedEncoder, supports
+
+    model, processor = vlm
+    assert supports(model.vision_tower)
+    images = [Image.open(io.BytesIO(image_bytes("noise", size=(300, 200), seed=1))).convert("RGB"),
+              Image.open(io.BytesIO(image_bytes("red", size=(120, 90)))).convert("RGB")]
+    chat = [{"role": "user", "content": [{"type": "image"}, {"type": "image"}, {"type": "text", "text": "x"}]}]
+    text = processor.tokenizer.apply_chat_template(chat, tokenize=False, add_generation_prompt=True)
+    inputs = processor(images=images, text=[text])
+    want = model.vision_tower(inputs["pixel_values"], inputs["image_grid_thw"])
+    encoder = SlicedEncoder(model.vision_tower, rows=37)
+    state = encoder.start(inputs["pixel_values"], inputs["image_grid_thw"])
+    slices, got = 0, None
+    while got is None:
+        got = encoder.step(state)
+        slices += 1
+    assert slices > 2 * len(model.vision_tower.blocks)  # really sliced
+    assert float(mx.max(mx.abs(got - want))) < 1e-4

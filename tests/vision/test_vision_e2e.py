@@ -196,11 +196,14 @@ def test_text_turns_on_a_vision_model_reuse_the_conversation_cache(vision_stack)
     assert r2.json()["choices"][0]["message"]["content"] == fresh.json()["choices"][0]["message"]["content"]
 
 
-def test_vision_tower_on_the_compute_loop_gives_the_same_answers(client, make_stack, tiny_vlm_path):
-    """The fallback placement (--vision-encode-on compute-loop) serves the same tokens."""
-    messages = ask_about(image_part(data_url(image_bytes("noise", size=(120, 90), seed=21))))
+@pytest.mark.parametrize("where", ["media-thread", "compute-loop"])
+def test_every_vision_tower_placement_gives_the_same_answers(client, make_stack, tiny_vlm_path, where):
+    """The default (the tower sliced between batch steps) and the other
+    placements (--vision-encode-on) serve the same tokens."""
+    messages = ask_about(image_part(data_url(image_bytes("noise", size=(120, 90), seed=21))),
+                         image_part(data_url(image_bytes("blue"))))
     expected, _ = answer(client, messages, max_tokens=10)
-    stack = make_stack(tiny_vlm_path, worker_args=["--vision-encode-on", "compute-loop"])
-    loop_client = openai.OpenAI(base_url=stack.base_url, api_key="unused", max_retries=0, timeout=120)
-    got, _ = answer(loop_client, messages, max_tokens=10)
+    stack = make_stack(tiny_vlm_path, worker_args=["--vision-encode-on", where])
+    other = openai.OpenAI(base_url=stack.base_url, api_key="unused", max_retries=0, timeout=120)
+    got, _ = answer(other, messages, max_tokens=10)
     assert got == expected

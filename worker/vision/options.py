@@ -16,9 +16,9 @@ def add_vision_arguments(p: argparse.ArgumentParser) -> None:
                    help="evenly spaced frames taken from a video; together they get one image's patch budget")
     v.add_argument("--max-source-megapixels", type=float, default=64.0,
                    help="refuse to decode images or video frames larger than this (decompression bombs)")
-    v.add_argument("--vision-encode-on", choices=["media-thread", "compute-loop"], default="media-thread",
-                   help="where the vision tower runs: beside the batch on the media thread's own MLX stream, "
-                        "or in one compute-loop turn (running streams pause meanwhile)")
+    v.add_argument("--vision-encode-on", choices=["auto", "sliced", "media-thread", "compute-loop"], default="auto",
+                   help="where the vision tower runs: sliced between batch steps (Qwen2-VL), on the media thread's "
+                        "own MLX stream (any model), or in one compute-loop turn; auto: sliced where supported")
 
 
 def media_limits_from_args(args: argparse.Namespace) -> MediaLimits:
@@ -36,4 +36,4 @@ def vision_scheduler(loaded: Any, args: argparse.Namespace) -> Any:
     from .scheduler import VisionScheduler
 
     return functools.partial(VisionScheduler, processor=loaded.processor, media=media_limits_from_args(args),
-                             encode_on_loop=args.vision_encode_on == "compute-loop")
+                             encode_on=args.vision_encode_on)

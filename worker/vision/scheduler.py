@@ -1,9 +1,9 @@
 """The scheduler of a vision worker: text requests as usual, image/video
 requests through three extra stages before they join the same batch.
 
-    admit ──▶ media thread (decode, processor, vision tower on its own MLX
-    stream) ──▶ prompt prefill (one chunk per loop turn) ──▶ the shared
-    BatchGenerator (decode batched with text)
+    admit ──▶ media thread (decode, processor) ──▶ vision tower (sliced,
+    one slice per loop turn) ──▶ prompt prefill (one chunk per loop turn)
+    ──▶ the shared BatchGenerator (decode batched with text)
 
 A request with no media part takes the base ``Scheduler`` path unchanged,
 prompt caching included. A vision request reports its cache as
@@ -31,6 +31,7 @@ from .media import MediaError, MediaLimits
 from .media_thread import MediaThread
 from .prefill import PrefillJob, VisionPrefiller
 from .prompt import has_media, prepare_media, tokenize
+from .sliced_encoder import SlicedEncoder, supports as _supports_tower
 
 log = logging.getLogger("kmlx.worker.vision")
 
@@ -58,6 +59,12 @@ class _Prefill:
     seq: Sequence
     job: PrefillJob | None
     inputs: tuple[Any, Any, dict[str, Any]] | None = None
+    slices: Any = None  # the sliced encoder's state while the vision tower runs
+
+
+def supports_slicing(vlm: Any) -> bool:
+    tower = getattr(vlm, "vision_tower", None)
+    return tower is not None and _supports_tower(tower)
 
 
 def _private_copy(processor: Any) -> Any:
@@ -80,7 +87,7 @@ class VisionScheduler(Scheduler):
         context_length: int,
         limits: SchedulerLimits,
         media: MediaLimits,
-        encode_on_loop: bool = False,
+        encode_on: str = "auto",
         **kwargs: Any,
     ):
         self.view = BatchView(vlm)
@@ -90,9 +97,18 @@ class VisionScheduler(Scheduler):
         # from two threads at once, so it gets its own copy.
         self._media_processor = _private_copy(processor)
         self.media_limits = media
-        # Where the vision tower runs: the media thread (own MLX stream;
-        # running streams keep going) or, as a fallback, one compute-loop turn.
-        self.encode_on_loop = encode_on_loop
+        # Where the vision tower runs (docs/vision.md): "sliced" — on the
+        # compute loop, one bounded slice per turn (Qwen2-VL's tower);
+        # "media-thread" — beside the loop on its own MLX stream (any model);
+        # "compute-loop" — in one turn. "auto": sliced where supported.
+        self.sliced = SlicedEncoder(vlm.vision_tower, limits.prefill_chunk) if supports_slicing(vlm) else None
+        if encode_on == "auto":
+            encode_on = "sliced" if self.sliced is not None else "media-thread"
+        if encode_on == "sliced" and self.sliced is None:
+            log.warning("no sliced vision tower for %s; using the media thread", type(vlm.vision_tower).__module__)
+            encode_on = "media-thread"
+        self.encode_on = encode_on
+        log.info("vision tower runs: %s", encode_on)
         self.prefiller = VisionPrefiller(vlm, self.view.make_cache)
         self.media = MediaThread()
         self._preparing: dict[str, _Pending] = {}
@@ -190,7 +206,7 @@ class VisionScheduler(Scheduler):
         n = len(vp.token_ids)
         if n >= self.context_length:  # refused next; don't run the vision tower for it
             return _Encoded(None, vp.token_ids, vp.starts_in_reasoning, vp.images)
-        if self.encode_on_loop:
+        if self.encode_on != "media-thread":
             import mlx.core as mx
 
             mx.eval(vp.input_ids, *[v for v in (vp.pixel_values, *vp.extra.values()) if isinstance(v, mx.array)])
@@ -253,9 +269,8 @@ class VisionScheduler(Scheduler):
         try:
             if p.seq.prefill_started is None:
                 p.seq.prefill_started = time.perf_counter()
-            if p.job is None:  # --vision-encode-on compute-loop: the vision tower takes this turn
-                p.job = self.prefiller.encode(*p.inputs)
-                p.inputs = None
+            if p.job is None:
+                self._encode_turn(p)
                 return None
             if not self.prefiller.step(p.job, self.limits.prefill_chunk):
                 return None
@@ -276,6 +291,23 @@ class VisionScheduler(Scheduler):
         self._prefilling.popleft()
         self._join_batch(p.seq, cache, last)
         return None
+
+    def _encode_turn(self, p: _Prefill) -> None:
+        """The vision tower on the compute loop: one slice, or all of it."""
+        assert p.inputs is not None
+        ids, pixels, extra = p.inputs
+        if self.encode_on == "compute-loop":
+            features = None
+        elif p.slices is None:
+            p.slices = self.sliced.start(pixels, extra["image_grid_thw"])
+            return
+        else:
+            features = self.sliced.step(p.slices)
+            if features is None:
+                return
+            extra = {**extra, "cached_image_features": features}
+        p.job = self.prefiller.encode(ids, pixels, extra)
+        p.inputs = p.slices = None
 
     def _join_batch(self, seq: Sequence, cache: list[Any], last: int) -> None:
         req = seq.request
