@@ -1,14 +1,13 @@
-"""The worker's media thread: decode, process and encode images and video.
+"""The worker's media thread: decode and process images and video.
 
-Per 1-MP image on the 2-core CPU: decoding ~11-19 ms, the Qwen2-VL processor
-~200-280 ms, the vision tower seconds (full attention over ~4900 patches).
-On the compute loop that would freeze every running text stream for as
-long. Here it runs beside the loop: PIL, PyAV and numpy release the GIL,
-and the vision tower is evaluated on this thread's own MLX stream while the
-loop keeps stepping the batch on its stream. MLX ties unevaluated arrays to
-the thread that made them, so jobs evaluate everything they return. When a
-job is done the thread calls ``wake``, so a compute loop idling on its inbox
-picks it up at once.
+Per 1-MP image on the 2-core CPU: decoding ~9 ms, the Qwen2-VL processor
+~100-280 ms. On the compute loop that would stall every running text
+stream for as long; here PIL, PyAV and numpy do it beside the loop (they
+release the GIL). With ``--vision-encode-on media-thread`` the vision
+tower runs here too. Jobs run on this thread's own MLX stream, and since
+MLX ties unevaluated arrays to the thread that made them, they evaluate
+everything they return. When a job is done the thread calls ``wake``, so a
+compute loop idling on its inbox picks it up at once.
 """
 
 from __future__ import annotations
