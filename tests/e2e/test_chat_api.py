@@ -128,7 +128,7 @@ def test_unknown_model_name_is_served_by_the_loaded_model(client, tiny_stack):
         ('{"messages": [{"role": "user", "content": "x"}], "conversation": "../../etc/passwd"}', "conversation"),
         ('{"messages": [{"role": "user", "content": "x"}], "conversation": "a\\u0000b"}', "conversation"),
         ('{"messages": [{"role": "user", "content": "x"}], "conversation": "%2e%2e"}', "conversation"),
-        ('{"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}]}]}', "messages[0].content"),
+        ('{"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}]}]}', "messages[0].content[0]"),
     ],
 )
 def test_bad_requests_get_openai_shaped_400s(tiny_stack, body, param):
