@@ -3,8 +3,6 @@ serving afterwards. Real processes, real HTTP."""
 
 from __future__ import annotations
 
-import base64
-
 import httpx
 import pytest
 
