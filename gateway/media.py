@@ -26,6 +26,7 @@ from typing import Any
 from urllib.parse import unquote, unquote_to_bytes, urlparse
 
 from .errors import APIError
+from .url_guard import BlockedURL, ensure_public
 
 MEDIA_PART_TYPES = ("image_url", "input_image", "video_url")
 
@@ -35,6 +36,7 @@ class MediaConfig:
     allow_local_dirs: list[Path] = field(default_factory=list)  # empty: no server-local paths at all
     fetch_timeout: float = 10.0  # seconds for a whole http(s) fetch
     max_source_pixels: int = 64_000_000  # refuse bigger images up front (decompression bombs)
+    allow_private_urls: bool = False  # fetch URLs on loopback / private networks (SSRF risk)
 
 
 def add_media_arguments(p: argparse.ArgumentParser) -> None:
@@ -43,6 +45,8 @@ def add_media_arguments(p: argparse.ArgumentParser) -> None:
                    help="let requests name image/video files under DIR on this host (repeatable); default: no local paths")
     g.add_argument("--media-fetch-timeout", type=float, default=10.0,
                    help="seconds an http(s) image or video fetch may take in total (400 past it)")
+    g.add_argument("--allow-private-media-urls", action="store_true",
+                   help="let http(s) media URLs reach loopback and private networks (off: only public addresses)")
     g.add_argument("--max-image-megapixels", type=float, default=64.0,
                    help="refuse images larger than this before any decoding (the worker downscales the rest)")
 
@@ -52,6 +56,7 @@ def media_config_from_args(args: argparse.Namespace) -> MediaConfig:
         allow_local_dirs=[Path(d).expanduser().resolve() for d in (args.allow_local_media or [])],
         fetch_timeout=max(0.1, args.media_fetch_timeout),
         max_source_pixels=max(1, int(args.max_image_megapixels * 1_000_000)),
+        allow_private_urls=args.allow_private_media_urls,
     )
 
 
@@ -152,21 +157,20 @@ async def _fetch(url: str, param: str, config: MediaConfig, max_bytes: int) -> b
     import httpx
 
     async def get() -> bytes:
-        async with httpx.AsyncClient(follow_redirects=True, max_redirects=3, timeout=config.fetch_timeout) as client:
-            async with client.stream("GET", url) as resp:
-                if resp.status_code != 200:
-                    raise APIError(400, f"{param}: fetching {url} answered HTTP {resp.status_code}", param=param,
-                                   code="media_fetch_failed")
-                declared = resp.headers.get("content-length", "")
-                if max_bytes and declared.isdigit() and int(declared) > max_bytes:
-                    raise _too_large(param, int(declared), max_bytes)
-                chunks, size = [], 0
-                async for chunk in resp.aiter_bytes():
-                    size += len(chunk)
-                    if max_bytes and size > max_bytes:  # a lying or absent Content-Length
-                        raise _too_large(param, size, max_bytes)
-                    chunks.append(chunk)
-                return b"".join(chunks)
+        async with httpx.AsyncClient(follow_redirects=False, timeout=config.fetch_timeout) as client:
+            target = url
+            for _hop in range(4):  # redirects are followed by hand so that every hop is checked
+                if not config.allow_private_urls:
+                    try:
+                        await ensure_public(target)
+                    except BlockedURL as exc:
+                        raise APIError(400, f"{param}: {exc}", param=param, code="media_url_blocked") from None
+                async with client.stream("GET", target) as resp:
+                    if resp.is_redirect and "location" in resp.headers:
+                        target = str(resp.url.join(resp.headers["location"]))
+                        continue
+                    return await _read_capped(resp, url, param, max_bytes)
+            raise APIError(400, f"{param}: too many redirects fetching {url}", param=param, code="media_fetch_failed")
 
     try:
         return await asyncio.wait_for(get(), config.fetch_timeout)
@@ -176,6 +180,21 @@ async def _fetch(url: str, param: str, config: MediaConfig, max_bytes: int) -> b
     except httpx.HTTPError as exc:
         raise APIError(400, f"{param}: could not fetch {url}: {exc or type(exc).__name__}", param=param,
                        code="media_fetch_failed") from None
+
+
+async def _read_capped(resp: Any, url: str, param: str, max_bytes: int) -> bytes:
+    if resp.status_code != 200:
+        raise APIError(400, f"{param}: fetching {url} answered HTTP {resp.status_code}", param=param, code="media_fetch_failed")
+    declared = resp.headers.get("content-length", "")
+    if max_bytes and declared.isdigit() and int(declared) > max_bytes:
+        raise _too_large(param, int(declared), max_bytes)
+    chunks, size = [], 0
+    async for chunk in resp.aiter_bytes():
+        size += len(chunk)
+        if max_bytes and size > max_bytes:  # a lying or absent Content-Length
+            raise _too_large(param, size, max_bytes)
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 def _too_large(param: str, size: int, max_bytes: int) -> APIError:

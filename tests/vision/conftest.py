@@ -53,6 +53,7 @@ def vision_stack(tiny_vlm_path: Path, media_dir: Path, log_dir: Path) -> Iterato
             "--allow-local-media", str(media_dir / "allowed"),
             "--media-fetch-timeout", str(FETCH_TIMEOUT),
             "--max-image-mb", str(MAX_IMAGE_MB),
+            "--allow-private-media-urls",  # the test's media server is on loopback
         ],
     )
     yield stack
