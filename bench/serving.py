@@ -12,10 +12,12 @@ from __future__ import annotations
 
 import json
 import statistics
+import subprocess
+import sys
 import tempfile
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import httpx
@@ -31,10 +33,21 @@ class Run:
 
 
 def in_process(model_path: Path, max_tokens: int, repeats: int) -> list[Run]:
+    """The baseline runs in its own process, like the worker: an idle MLX
+    (and its BLAS threads) in this measuring process would skew the served runs."""
+    out = subprocess.run(
+        [sys.executable, "-m", "bench.serving", str(model_path), str(max_tokens), str(repeats)],
+        check=True, capture_output=True, text=True,
+    ).stdout
+    return [Run(**r) for r in json.loads(out.strip().splitlines()[-1])]
+
+
+def _in_process_child(model_path: Path, max_tokens: int, repeats: int) -> list[Run]:
     from mlx_lm import stream_generate
 
-    from worker.models import load_model
+    from worker.models import ensure_fast_blas, load_model
 
+    ensure_fast_blas()
     loaded = load_model(str(model_path))  # the very weights the worker serves
     model, tokenizer = loaded.model, loaded.tokenizer
     prompt = tokenizer.apply_chat_template([{"role": "user", "content": PROMPT}], add_generation_prompt=True)
@@ -53,7 +66,7 @@ def in_process(model_path: Path, max_tokens: int, repeats: int) -> list[Run]:
     return runs
 
 
-def stream_once(base_url: str, max_tokens: int) -> Run:
+def stream_once(base_url: str, max_tokens: int, client: httpx.Client | None = None) -> Run:
     body = {
         "messages": [{"role": "user", "content": PROMPT}],
         "max_tokens": max_tokens,
@@ -66,7 +79,10 @@ def stream_once(base_url: str, max_tokens: int) -> Run:
     t0 = time.perf_counter()
     first = last = None
     tokens = 0
-    with httpx.stream("POST", f"{base_url}/chat/completions", json=body, timeout=600) as r:
+    # A client made per request would add its own set-up (an SSL context,
+    # tens of ms) to the measured time to first token.
+    client = client or _client()
+    with client.stream("POST", f"{base_url}/chat/completions", json=body, timeout=600) as r:
         r.raise_for_status()
         for line in r.iter_lines():
             if not line.startswith("data: ") or line == "data: [DONE]":
@@ -81,6 +97,15 @@ def stream_once(base_url: str, max_tokens: int) -> Run:
     assert first and last
     # Client-side clock: first content chunk to last, over the tokens between.
     return Run(first - t0, (tokens - 1) / (last - first), tokens)
+
+
+_local = threading.local()
+
+
+def _client() -> httpx.Client:
+    if not hasattr(_local, "client"):
+        _local.client = httpx.Client()
+    return _local.client
 
 
 def through_gateway(base_url: str, max_tokens: int, repeats: int) -> list[Run]:
@@ -134,3 +159,8 @@ def run(model_path: Path, *, max_tokens: int = 256, repeats: int = 3, concurrenc
     one = agg[concurrency[0]]
     for n, tps in agg.items():
         print(f"{n:<28}{tps:16.1f}{tps / one:14.2f}")
+
+
+if __name__ == "__main__":  # the in-process baseline's own process
+    _runs = _in_process_child(Path(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]))
+    print(json.dumps([asdict(r) for r in _runs]))

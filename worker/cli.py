@@ -128,6 +128,9 @@ def _kv_manager(args: argparse.Namespace, loaded, tokenizer_hash: str):
 
 
 def serve(args: argparse.Namespace, loaded) -> None:
+    # The IO thread must get the GIL quickly when a step's outputs are ready;
+    # Python's default 5 ms switch interval would delay every token's send.
+    sys.setswitchinterval(0.0005)
     from .engine import Engine
     from .scheduler import Scheduler, SchedulerLimits
     from .transport import Incoming, Transport
