@@ -11,6 +11,7 @@ from typing import AsyncIterator
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
+from protocol import codec
 from protocol.messages import ChatRequest, ErrorInfo, RequestOutput, Usage
 
 from ..config import GatewayConfig
@@ -67,6 +68,7 @@ async def chat_completions(request: Request) -> Response:
         tools=body.tools,
         deadline=deadline,
     )
+    _ensure_encodable(wire)
     # A reset turn neither uses nor updates the conversation's KV, so it
     # needs no particular worker: it goes to the least-loaded one.
     affinity = None if body.reset_conversation else conversation_id
@@ -97,6 +99,17 @@ async def chat_completions(request: Request) -> Response:
         # sent a byte yet: run the whole request again on another worker.
         tried.append(worker)
         retry_error = relay.retry_error
+
+
+def _ensure_encodable(wire: ChatRequest) -> None:
+    """JSON allows what MessagePack cannot carry (integers past 64 bits, lone
+    UTF-16 surrogates), e.g. deep inside free-form `tools`: refuse it here as
+    the client's error rather than fail later as a server error."""
+    try:
+        codec.encode(wire)
+    except (OverflowError, UnicodeEncodeError) as exc:
+        reason = "an integer is too large" if isinstance(exc, OverflowError) else "a string is not valid Unicode"
+        raise APIError(400, f"the request cannot be processed: {reason}", code="invalid_value") from None
 
 
 # Failures that are the worker's, not the request's: another worker may succeed.

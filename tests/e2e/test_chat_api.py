@@ -160,3 +160,17 @@ def test_unknown_routes_and_methods_are_openai_shaped(tiny_stack):
 def test_worker_keeps_serving_after_bad_input(client):
     resp = client.chat.completions.create(model="tiny", messages=ask("Still there?"), max_tokens=3, **GREEDY)
     assert resp.usage.completion_tokens == 3
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        # found by schemathesis: values JSON allows but MessagePack cannot carry
+        '{"messages": [{"role": "user", "content": "x"}], "tools": [{"type": "function", "function": {"name": "f", "big": 113106540663023072224215040}}]}',
+        '{"messages": [{"role": "user", "content": "x\\udb4c"}]}',
+    ],
+)
+def test_unencodable_values_are_a_400_not_a_500(tiny_stack, body):
+    r = httpx.post(f"{tiny_stack.base_url}/chat/completions", content=body, headers={"content-type": "application/json"})
+    assert r.status_code == 400, r.text
+    assert r.json()["error"]["code"] == "invalid_value"

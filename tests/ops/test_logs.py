@@ -63,8 +63,13 @@ def test_json_logs_carry_one_line_per_request_and_no_prompt_text(make_stack, tin
     assert {"ts", "level", "logger", "msg"} <= set(first)
     assert any(e["request_id"] == "ops-log-2" for e in lines)
     # The malformed request never reached a worker: logged at the edge, with its error code.
-    edge = [e for e in json_lines(stack.gateway.log()) if e.get("event") == "http"]
-    assert any(e["status"] == 400 and e["error_code"] == "invalid_json" for e in edge)
+    wait_for(  # the edge line may reach the log a moment after the response
+        lambda: any(
+            e.get("event") == "http" and e["status"] == 400 and e["error_code"] == "invalid_json"
+            for e in json_lines(stack.gateway.log())
+        ),
+        "the edge log line of the malformed request",
+    )
 
     # The worker logs the same ids (JSON lines as well).
     worker_lines = wait_for(
