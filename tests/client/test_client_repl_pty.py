@@ -61,7 +61,8 @@ def test_ctrl_c_stops_the_answer_then_quits(fake_gateway: FakeGateway, client_en
     child.sendcontrol("c")
     child.expect_exact("Ctrl-C again")
     child.sendcontrol("c")
-    assert finish(child) == 0
+    code = finish(child)
+    assert code == 0, f"exit {code}; last output: {child.before!r}"
 
 
 def test_ctrl_c_clears_a_typed_line(fake_gateway: FakeGateway, client_env: dict[str, str]) -> None:
