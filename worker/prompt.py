@@ -60,6 +60,20 @@ def normalise_messages(messages: list[dict[str, Any]], *, model_id: str) -> list
     return out
 
 
+def render_chat_text(tokenizer: Any, chat: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None) -> str:
+    """The model's chat template over ``chat``: a generation prompt after a
+    user turn, or a continuation of a final assistant message (prefill)."""
+    kwargs: dict[str, Any] = {"add_generation_prompt": chat[-1]["role"] != "assistant"}
+    if chat[-1]["role"] == "assistant":
+        kwargs["continue_final_message"] = True
+    if tools:
+        kwargs["tools"] = tools
+    try:
+        return tokenizer.apply_chat_template(chat, tokenize=False, **kwargs)
+    except Exception as exc:  # jinja raises whatever the template author chose
+        raise PromptError(f"the chat template rejected these messages: {exc}") from None
+
+
 def render_prompt(
     tokenizer: Any,
     messages: list[dict[str, Any]],
@@ -68,15 +82,7 @@ def render_prompt(
     tools: list[dict[str, Any]] | None = None,
 ) -> Prompt:
     chat = normalise_messages(messages, model_id=model_id)
-    kwargs: dict[str, Any] = {"add_generation_prompt": chat[-1]["role"] != "assistant"}
-    if chat[-1]["role"] == "assistant":
-        kwargs["continue_final_message"] = True
-    if tools:
-        kwargs["tools"] = tools
-    try:
-        text = tokenizer.apply_chat_template(chat, tokenize=False, **kwargs)
-    except Exception as exc:  # jinja raises whatever the template author chose
-        raise PromptError(f"the chat template rejected these messages: {exc}") from None
+    text = render_chat_text(tokenizer, chat, tools)
     ids = tokenizer.encode(text, add_special_tokens=False)
     if not ids:
         raise PromptError("the rendered prompt is empty")

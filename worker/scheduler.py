@@ -112,20 +112,10 @@ class Scheduler:
             return rejection(req.request_id, ErrorInfo(str(exc), param=exc.param, code=exc.code))
 
         n_prompt = len(prompt.token_ids)
-        room = self.context_length - n_prompt
-        if room <= 0:
+        max_tokens = self.completion_budget(req, n_prompt)
+        if isinstance(max_tokens, ErrorInfo):
             self.counters.rejected += 1
-            return rejection(
-                req.request_id,
-                ErrorInfo(
-                    f"this model's maximum context length is {self.context_length} tokens; "
-                    f"the messages are {n_prompt} tokens",
-                    param="messages",
-                    code="context_length_exceeded",
-                ),
-            )
-        wanted = req.sampling.max_tokens or self.limits.default_max_tokens or room
-        max_tokens = max(1, min(wanted, room, self.limits.max_tokens_limit or room))
+            return rejection(req.request_id, max_tokens)
 
         plan = self.kv.plan(req, prompt.token_ids, prompt.system_tokens) if self.kv else Plan(CacheInfo("disabled", 0, n_prompt))
         cached = plan.info.cached_tokens
@@ -158,6 +148,19 @@ class Scheduler:
         # Announce the cache decision now, so the gateway can send response
         # headers before a long prefill finishes.
         return seq.output()
+
+    def completion_budget(self, req: ChatRequest, n_prompt: int, what: str = "the messages") -> int | ErrorInfo:
+        """Tokens this request may generate: its own limit, the operator's
+        cap and the room left in the context — or why it cannot run at all."""
+        room = self.context_length - n_prompt
+        if room <= 0:
+            return ErrorInfo(
+                f"this model's maximum context length is {self.context_length} tokens; {what} are {n_prompt} tokens",
+                param="messages",
+                code="context_length_exceeded",
+            )
+        wanted = req.sampling.max_tokens or self.limits.default_max_tokens or room
+        return max(1, min(wanted, room, self.limits.max_tokens_limit or room))
 
     def abort(self, request_id: str, *, error: ErrorInfo | None = None) -> RequestOutput | None:
         """Remove a request wherever it is; idempotent."""

@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from ..prompt import PromptError
+from ..prompt import PromptError, render_chat_text
 from ..text_stream import THINK_OPEN
 from .media import MediaError, MediaLimits, data_url_bytes, load_image, load_video_frames
 
@@ -100,15 +100,7 @@ def prepare_media(
     """Decode every media part and render the chat template around
     placeholders. Raises MediaError or PromptError."""
     chat, images = _chat_and_images(messages, limits)
-    kwargs: dict[str, Any] = {"add_generation_prompt": chat[-1]["role"] != "assistant"}
-    if chat[-1]["role"] == "assistant":
-        kwargs["continue_final_message"] = True
-    if tools:
-        kwargs["tools"] = tools
-    try:
-        text = tokenizer.apply_chat_template(chat, tokenize=False, **kwargs)
-    except Exception as exc:  # jinja raises whatever the template author chose
-        raise PromptError(f"the chat template rejected these messages: {exc}") from None
+    text = render_chat_text(tokenizer, chat, tools)
     return PreparedMedia(text, images, text.rstrip().endswith(THINK_OPEN))
 
 

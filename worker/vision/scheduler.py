@@ -231,20 +231,12 @@ class VisionScheduler(Scheduler):
                                 code="media_error", status=500)
             return rejection(req.request_id, err)
         n_prompt = len(enc.token_ids)
-        room = self.context_length - n_prompt
-        if room <= 0 or (enc.job is None and enc.inputs is None):
+        what = f"the messages (with {enc.images} image(s) or frame(s))"
+        # (no job and no inputs means the media thread found the prompt too long: refused here)
+        max_tokens = self.completion_budget(req, n_prompt, what)
+        if isinstance(max_tokens, ErrorInfo):
             self.counters.rejected += 1
-            return rejection(
-                req.request_id,
-                ErrorInfo(
-                    f"this model's maximum context length is {self.context_length} tokens; the messages "
-                    f"(with {enc.images} image(s) or frame(s)) are {n_prompt} tokens",
-                    param="messages",
-                    code="context_length_exceeded",
-                ),
-            )
-        wanted = req.sampling.max_tokens or self.limits.default_max_tokens or room
-        max_tokens = max(1, min(wanted, room, self.limits.max_tokens_limit or room))
+            return rejection(req.request_id, max_tokens)
         seq = Sequence(
             request=req,
             client=pending.client,
