@@ -27,7 +27,7 @@ from pathlib import Path
 
 from tests.support.processes import Proc, free_port, spawn, start_gateway, start_worker, wait_healthy
 
-PROMPT = "Write a long story about a lighthouse keeper."
+from .serving import stream_body
 _USAGE = re.compile(rb'"completion_tokens":(\d+)')
 
 
@@ -60,18 +60,7 @@ def cpu_seconds(pid: int) -> float | None:
 
 
 async def _one_stream(host: str, port: int, max_tokens: int, extra: dict) -> tuple[int, int, bool]:
-    body = json.dumps(
-        {
-            "messages": [{"role": "user", "content": PROMPT}],
-            "max_tokens": max_tokens,
-            "temperature": 0.0,
-            "stream": True,
-            "stream_options": {"include_usage": True},
-            "ignore_eos": True,
-            "reset_conversation": True,
-            **extra,
-        }
-    ).encode()
+    body = json.dumps(stream_body(max_tokens, **extra)).encode()
     reader, writer = await asyncio.open_connection(host, port)
     head = f"POST /v1/chat/completions HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\nContent-Length: {len(body)}\r\nConnection: close\r\n\r\n"
     writer.write(head.encode() + body)

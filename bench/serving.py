@@ -66,8 +66,10 @@ def _in_process_child(model_path: Path, max_tokens: int, repeats: int) -> list[R
     return runs
 
 
-def stream_once(base_url: str, max_tokens: int, client: httpx.Client | None = None) -> Run:
-    body = {
+def stream_body(max_tokens: int, **extra: object) -> dict:
+    """A streamed request that generates exactly ``max_tokens`` and never
+    touches a conversation cache (each run measures the same work)."""
+    return {
         "messages": [{"role": "user", "content": PROMPT}],
         "max_tokens": max_tokens,
         "temperature": 0.0,
@@ -75,7 +77,12 @@ def stream_once(base_url: str, max_tokens: int, client: httpx.Client | None = No
         "stream_options": {"include_usage": True},
         "ignore_eos": True,
         "reset_conversation": True,
+        **extra,
     }
+
+
+def stream_once(base_url: str, max_tokens: int, client: httpx.Client | None = None) -> Run:
+    body = stream_body(max_tokens)
     t0 = time.perf_counter()
     first = last = None
     tokens = 0

@@ -131,23 +131,29 @@ class Scheduler:
             cache=plan.info,
             plan=plan,
         )
-        (uid,) = self._batch.insert(
-            [prompt.token_ids[cached:]],
-            caches=[plan.cache] if plan.cache is not None else None,
-            all_tokens=[prompt.token_ids[:cached]],
-            max_tokens=[max_tokens],
-            samplers=[make_sampler(req.sampling)],
-            logits_processors=[make_logits_processors(req.sampling)],
-            stop_sequences=[self._no_stop if req.sampling.ignore_eos else self._eos_stop],
-        )
-        seq.uid = uid
-        self._by_uid[uid] = seq
-        self._by_id[req.request_id] = seq
+        self._insert(seq, prompt.token_ids[cached:], plan.cache, prompt.token_ids[:cached])
         self.counters.admitted += 1
         self.counters.prompt_tokens += n_prompt - cached
         # Announce the cache decision now, so the gateway can send response
         # headers before a long prefill finishes.
         return seq.output()
+
+    def _insert(self, seq: Sequence, tokens: list[int], cache: list[Any] | None, cached_tokens: list[int]) -> None:
+        """Put a sequence into the running batch: ``tokens`` still to prefill
+        on top of ``cache`` (which already holds ``cached_tokens``)."""
+        sampling = seq.request.sampling
+        (uid,) = self._batch.insert(
+            [tokens],
+            caches=[cache] if cache is not None else None,
+            all_tokens=[cached_tokens],
+            max_tokens=[seq.max_tokens],
+            samplers=[make_sampler(sampling)],
+            logits_processors=[make_logits_processors(sampling)],
+            stop_sequences=[self._no_stop if sampling.ignore_eos else self._eos_stop],
+        )
+        seq.uid = uid
+        self._by_uid[uid] = seq
+        self._by_id[seq.request_id] = seq
 
     def completion_budget(self, req: ChatRequest, n_prompt: int, what: str = "the messages") -> int | ErrorInfo:
         """Tokens this request may generate: its own limit, the operator's

@@ -22,7 +22,6 @@ from typing import Any
 from protocol.messages import CacheInfo, ChatRequest, ErrorInfo, RequestOutput, Usage
 
 from ..prompt import Prompt, PromptError
-from ..sampling import make_logits_processors, make_sampler
 from ..scheduler import Scheduler, SchedulerLimits
 from ..sequence import Sequence, rejection
 from ..text_stream import TextStream
@@ -302,19 +301,7 @@ class VisionScheduler(Scheduler):
         p.inputs = p.slices = None
 
     def _join_batch(self, seq: Sequence, cache: list[Any], last: int) -> None:
-        req = seq.request
-        (uid,) = self._batch.insert(
-            [[last]],
-            caches=[cache],
-            all_tokens=[seq.prompt.token_ids[:-1]],
-            max_tokens=[seq.max_tokens],
-            samplers=[make_sampler(req.sampling)],
-            logits_processors=[make_logits_processors(req.sampling)],
-            stop_sequences=[self._no_stop if req.sampling.ignore_eos else self._eos_stop],
-        )
-        seq.uid = uid
-        self._by_uid[uid] = seq
-        self._by_id[req.request_id] = seq
+        self._insert(seq, [last], cache, seq.prompt.token_ids[:-1])
 
     def close(self) -> None:
         self.media.close()
