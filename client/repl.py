@@ -9,6 +9,8 @@ Ctrl-D. Input history persists across sessions.
 
 from __future__ import annotations
 
+import asyncio
+
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -140,7 +142,7 @@ class Repl:
         self.banner()
         try:
             self._loop(session)
-        except KeyboardInterrupt:
+        except (KeyboardInterrupt, asyncio.CancelledError):
             # Ctrl-C between prompts (cooked terminal, e.g. right after an
             # answer stopped): in practice a second Ctrl-C, so leave quietly.
             pass
@@ -154,7 +156,10 @@ class Repl:
                 result = session.prompt(PROMPT, default=default)
             except EOFError:
                 return
-            except KeyboardInterrupt:  # Ctrl-C that did not reach our binding
+            except (KeyboardInterrupt, asyncio.CancelledError):
+                # Ctrl-C that did not reach our binding; while prompt_toolkit
+                # is still starting its event loop it surfaces as a cancelled
+                # asyncio.run (seen with a quick second Ctrl-C under load).
                 result = INTERRUPT
             default = ""
             if result is INTERRUPT:
