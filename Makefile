@@ -25,8 +25,8 @@ run: setup            ## a gateway on :18000 and a worker on the default model
 test: setup           ## the full test suite (what CI runs)
 	$(PY) -m pytest
 
-test-fast: setup      ## unit tests only
-	$(PY) -m pytest tests/unit
+test-fast: setup      ## every test that starts no process (pytest -m "not e2e")
+	$(PY) -m pytest -m "not e2e"
 
 conformance: setup    ## schemathesis against the official OpenAI spec
 	$(PY) -m pytest tests/conformance

@@ -1,13 +1,38 @@
-"""Shared fixtures: real models (built or fetched once) and real server stacks."""
+"""Shared fixtures: real models (built or fetched once) and real server stacks.
+
+Tests that start processes are marked ``e2e`` (tests/support/e2e.py): the
+fixtures here that start them say so, and their users are marked at
+collection; `make test-fast` runs the rest (``-m "not e2e"``).
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable, Generator, Iterator
 
 import pytest
 
+from tests.support.e2e import E2E, ProcessGuard, starts_processes, uses_process_fixture
 from tests.support.processes import Stack, start_stack
+from worker.models import ensure_fast_blas
+
+# Before anything imports MLX: in-process tests then run float32 matmuls on
+# OpenBLAS (when installed), as the worker does. Never re-exec pytest.
+ensure_fast_blas(reexec=False)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if uses_process_fixture(item):
+            item.add_marker(E2E)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> Generator[None, object, object]:
+    if item.get_closest_marker(E2E) is not None:
+        return (yield)
+    with ProcessGuard(item.nodeid):
+        return (yield)
 
 
 @pytest.fixture(scope="session")
@@ -32,6 +57,7 @@ def log_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
+@starts_processes
 def tiny_stack(tiny_model_path: Path, log_dir: Path) -> Iterator[Stack]:
     """One gateway + one worker on the tiny model, shared by tests that only
     send requests (tests that kill or restart processes make their own)."""
@@ -41,6 +67,7 @@ def tiny_stack(tiny_model_path: Path, log_dir: Path) -> Iterator[Stack]:
 
 
 @pytest.fixture
+@starts_processes
 def make_stack(log_dir: Path) -> Iterator[Callable[..., Stack]]:
     """Factory for a private stack, stopped at the end of the test."""
     stacks: list[Stack] = []

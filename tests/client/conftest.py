@@ -13,6 +13,8 @@ sys.path.insert(0, str(Path(__file__).parent))  # for client_fake_gateway
 
 from client_fake_gateway import FakeGateway  # noqa: E402
 
+from tests.support.e2e import starts_processes  # noqa: E402
+
 REPO = Path(__file__).resolve().parents[2]
 
 
@@ -26,6 +28,7 @@ def fake_gateway() -> Iterator[FakeGateway]:
 
 
 @pytest.fixture
+@starts_processes
 def client_env(tmp_path: Path) -> dict[str, str]:
     """Environment for running `kmlx` as a child: isolated state (history),
     no inherited gateway settings, a predictable terminal."""

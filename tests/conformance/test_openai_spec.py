@@ -13,6 +13,7 @@ from hypothesis import HealthCheck, settings
 from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi.checks import response_schema_conformance
 
+from tests.support.e2e import starts_processes
 from tests.support.processes import start_stack
 
 REPO = Path(__file__).resolve().parents[2]
@@ -26,6 +27,7 @@ schema = schemathesis.openapi.from_path(SPEC).include(operation_id=["createChatC
 
 
 @pytest.fixture(scope="module")
+@starts_processes
 def conformance_stack(tiny_model_path, log_dir):
     # Generated requests ask for huge completions; cap them so the run stays short.
     stack = start_stack(tiny_model_path, log_dir, worker_args=["--max-tokens-limit", "4"])

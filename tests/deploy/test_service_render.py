@@ -165,6 +165,7 @@ def test_launchd_needs_a_log_dir() -> None:
         sr.render(make_cfg(log_dir=None), "launchd")
 
 
+@pytest.mark.e2e  # starts a child process
 @pytest.mark.skipif(shutil.which("plutil") is None, reason="plutil is macOS-only")
 def test_plutil_accepts_every_plist(tmp_path: Path) -> None:
     for variant in VARIANTS:
@@ -241,6 +242,7 @@ def test_systemd_gateway_unit_orders_after_workers_and_quotes_arguments() -> Non
     assert files[sr.GATEWAY_UNIT].private
 
 
+@pytest.mark.e2e  # starts a child process
 @pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="needs systemd-analyze")
 @pytest.mark.parametrize("system", [False, True])
 def test_systemd_analyze_verify_is_clean(tmp_path: Path, system: bool) -> None:

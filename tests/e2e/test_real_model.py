@@ -6,8 +6,11 @@ import httpx
 import openai
 import pytest
 
+from tests.support.e2e import starts_processes
+
 
 @pytest.fixture(scope="module")
+@starts_processes
 def real_stack(default_model_path, log_dir):
     from tests.support.processes import start_stack
 

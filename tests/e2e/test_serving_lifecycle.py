@@ -84,6 +84,7 @@ def test_disconnected_non_stream_request_is_aborted(tiny_stack):
     assert tiny_stack.worker_stats()[0]["aborted"] == before + 1
 
 
+@pytest.mark.e2e  # starts a child process
 def test_gateway_started_before_worker_waits_then_serves(tiny_model_path, log_dir):
     port = free_port()
     gateway, root = start_gateway([f"tcp://127.0.0.1:{port}"], log_dir)

@@ -7,12 +7,6 @@ from typing import Any
 
 import pytest
 
-from worker.models import ensure_fast_blas
-
-# Before anything imports MLX, if this conftest is first: float32 matmuls then
-# run on OpenBLAS (when installed), as in the worker. Never re-exec pytest.
-ensure_fast_blas(reexec=False)
-
 
 @pytest.fixture(scope="session")
 def default_gguf() -> Path:

@@ -80,6 +80,7 @@ def test_default_gguf_checksum(default_gguf):
     assert sha256_file(default_gguf) == GGUF_SHA256
 
 
+@pytest.mark.e2e  # starts a child process
 def test_cli_fetch_default_and_build_tiny(default_model_path, tiny_model_path):
     for command, expected in (("fetch-default", default_model_path), ("build-tiny", tiny_model_path)):
         run = subprocess.run([sys.executable, "-m", "worker.models", command], capture_output=True,
@@ -88,6 +89,7 @@ def test_cli_fetch_default_and_build_tiny(default_model_path, tiny_model_path):
         assert run.stdout.strip() == str(expected)
 
 
+@pytest.mark.e2e  # starts a child process
 def test_cli_error_is_one_line(tmp_path):
     (tmp_path / "x.gguf").write_bytes(b"not a gguf at all")
     run = subprocess.run([sys.executable, "-m", "worker.models", "convert", str(tmp_path / "x.gguf")],
@@ -99,6 +101,7 @@ def test_cli_error_is_one_line(tmp_path):
     assert len(errors) == 1 and "not a GGUF file" in errors[0], run.stderr
 
 
+@pytest.mark.e2e  # starts a child process
 def test_importing_the_package_does_not_import_mlx():
     run = run_python("""
         import sys, worker.models
@@ -107,6 +110,7 @@ def test_importing_the_package_does_not_import_mlx():
     assert run.stdout.strip() == "False", run.stderr
 
 
+@pytest.mark.e2e  # starts a child process
 def test_fast_blas_reexec_once():
     """With MLX already imported, ensure_fast_blas re-execs once with LD_PRELOAD; no loop."""
     from worker.models.blas import find_fast_blas
@@ -127,6 +131,7 @@ def test_fast_blas_reexec_once():
     assert "preloaded from" in lines[-2] and "preloaded from" in lines[-1]
 
 
+@pytest.mark.e2e  # starts a child process
 def test_fast_blas_can_be_disabled():
     run = run_python("""
         from worker.models import ensure_fast_blas

@@ -104,6 +104,7 @@ def test_offline_hub(tmp_path, monkeypatch):
     fails("kmlx-tests/no-such-repo-7f3a", "not in the local Hugging Face cache")
 
 
+@pytest.mark.e2e  # starts a child process
 def test_unreachable_hub_fails_fast_in_one_line(tmp_path):
     """A real attempt against an address that refuses connections (no mock)."""
     script = textwrap.dedent("""

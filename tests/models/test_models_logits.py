@@ -67,6 +67,7 @@ def synthetic(tmp_path_factory, tokenizer_meta) -> Path:
     return write_llama(tmp_path_factory.mktemp("gguf") / "synthetic-llama.gguf", tokenizer_meta, types=types)
 
 
+@pytest.mark.e2e  # starts a child process
 def test_all_tensor_types_bias_and_untied_output(synthetic, tmp_path):
     """F32, F16, BF16, Q4_0, Q4_1 and Q8_0 matrices, permuted q/k biases and a separate output head,
     converted through the CLI and loaded as a folder, against the float64 reference."""

@@ -8,6 +8,7 @@ import base64
 import httpx
 import pytest
 
+from tests.support.e2e import starts_processes
 from tests.support.processes import start_gateway, wait_healthy
 
 KEY = "test-key-3f9a"
@@ -17,6 +18,7 @@ MAX_BODY = 64 * 1024
 
 
 @pytest.fixture(scope="module")
+@starts_processes
 def secured(tiny_model_path, log_dir):
     from tests.support.processes import start_stack
 

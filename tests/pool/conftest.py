@@ -9,6 +9,7 @@ from typing import Callable, Iterator
 import pytest
 
 from tests.pool.support import Pool, start_pool
+from tests.support.e2e import starts_processes
 
 SECOND_MODEL = "kmlx-tiny-second"
 
@@ -22,6 +23,7 @@ def second_model_path(tiny_model_path: Path, tmp_path_factory: pytest.TempPathFa
 
 
 @pytest.fixture
+@starts_processes
 def make_pool(log_dir: Path) -> Iterator[Callable[..., Pool]]:
     """A private pool (see ``start_pool``), stopped at the end of the test."""
     pools: list[Pool] = []

@@ -12,11 +12,13 @@ import pytest
 
 from tests.pool.conftest import SECOND_MODEL
 from tests.pool.support import Pool, chat, start_pool
+from tests.support.e2e import starts_processes
 
 MAIN = ("w0", "w1", "w2")
 
 
 @pytest.fixture(scope="module")
+@starts_processes
 def pool(tiny_model_path: Path, second_model_path: Path, log_dir: Path) -> Iterator[Pool]:
     workers = {name: tiny_model_path for name in MAIN} | {"wb": second_model_path}
     p = start_pool(workers, log_dir, gateways=[[], []])

@@ -7,6 +7,7 @@ from typing import Iterator
 
 import pytest
 
+from tests.support.e2e import starts_processes
 from tests.support.processes import Stack, start_stack
 from tests.vision.samples import MediaServer, image_bytes, video_bytes
 
@@ -45,6 +46,7 @@ def media_server() -> Iterator[MediaServer]:
 
 
 @pytest.fixture(scope="session")
+@starts_processes
 def vision_stack(tiny_vlm_path: Path, media_dir: Path, log_dir: Path) -> Iterator[Stack]:
     stack = start_stack(
         tiny_vlm_path,

@@ -96,6 +96,7 @@ def test_video_to_a_text_only_model(tiny_stack):
     assert_error(post(tiny_stack, body), 400, "unsupported_content")
 
 
+@pytest.mark.e2e  # starts a child process
 def test_image_part_sent_straight_to_a_text_worker_is_refused_by_the_worker(tiny_model_path, log_dir):
     """Without the gateway's early check (e.g. another gateway version), the
     text worker itself refuses, with the same kind of 400."""

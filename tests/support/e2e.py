@@ -1,0 +1,77 @@
+"""Which tests start processes, decided once so nobody has to remember.
+
+A test that starts a process (a worker, a gateway, the `kmlx` client, a
+child Python) carries the ``e2e`` marker; `make test-fast` runs every other
+test. Fixtures that start processes are decorated with ``starts_processes``
+and their users are marked at collection. A test that starts a process
+without the marker fails (``ProcessGuard``), in every run, so a forgotten
+marker cannot slip into the fast suite.
+"""
+
+from __future__ import annotations
+
+import os
+import pty
+import subprocess
+from typing import Any, Callable, TypeVar
+
+import pytest
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+E2E = "e2e"
+_FLAG = "_kmlx_starts_processes"
+
+
+def starts_processes(fixture_func: F) -> F:
+    """Mark a fixture function (below ``@pytest.fixture``) as one that starts
+    processes: every test that uses it, directly or not, is marked ``e2e``."""
+    setattr(fixture_func, _FLAG, True)
+    return fixture_func
+
+
+def uses_process_fixture(item: pytest.Item) -> bool:
+    info = getattr(item, "_fixtureinfo", None)
+    if info is None:
+        return False
+    for name in getattr(item, "fixturenames", ()):
+        for fixturedef in info.name2fixturedefs.get(name, ()):
+            if getattr(fixturedef.func, _FLAG, False):
+                return True
+    return False
+
+
+class ProcessGuard:
+    """While active, starting a process raises: the running test is not
+    marked ``e2e`` but tried to start one."""
+
+    _targets = [
+        (subprocess.Popen, "_execute_child"),
+        (os, "fork"),
+        (os, "forkpty"),
+        (os, "posix_spawn"),
+        (os, "posix_spawnp"),
+        (pty, "fork"),
+    ]
+
+    def __init__(self, nodeid: str):
+        self.nodeid = nodeid
+        self._saved: list[tuple[Any, str, Any]] = []
+
+    def _refuse(self, *_args: Any, **_kwargs: Any) -> Any:
+        raise RuntimeError(
+            f"{self.nodeid} starts a process but is not marked e2e: use a fixture decorated with "
+            "tests.support.e2e.starts_processes, or mark the test @pytest.mark.e2e"
+        )
+
+    def __enter__(self) -> "ProcessGuard":
+        for owner, name in self._targets:
+            if hasattr(owner, name):
+                self._saved.append((owner, name, getattr(owner, name)))
+                setattr(owner, name, self._refuse)
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        for owner, name, original in reversed(self._saved):
+            setattr(owner, name, original)
+        self._saved.clear()
