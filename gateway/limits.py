@@ -19,12 +19,15 @@ from .schemas import ChatCompletionRequest
 _REMOTE = ("http://", "https://")
 
 
-def check_request_limits(body: ChatCompletionRequest, ops: OpsConfig, *, allow_local_media: bool = False) -> None:
-    """Raise an OpenAI-shaped APIError if ``body`` exceeds a configured limit."""
+def check_request_limits(
+    body: ChatCompletionRequest, ops: OpsConfig, *, allow_local_media: bool = False, names: dict[tuple[int, int], str] | None = None,
+) -> None:
+    """Raise an OpenAI-shaped APIError if ``body`` exceeds a configured limit.
+    ``names``: the client's names of message parts, when its API is not chat."""
     if ops.max_messages and len(body.messages) > ops.max_messages:
         raise APIError(400, f"at most {ops.max_messages} messages per request (got {len(body.messages)})",
                        param="messages", code="too_many_messages")
-    media = list(_media_urls(body))
+    media = list(_media_urls(body, names or {}))
     if ops.max_images and len(media) > ops.max_images:
         raise APIError(400, f"at most {ops.max_images} images or videos per request (got {len(media)})",
                        param="messages", code="too_many_images")
@@ -40,13 +43,13 @@ def check_request_limits(body: ChatCompletionRequest, ops: OpsConfig, *, allow_l
             raise APIError(400, f"{param}: images must be data: or http(s) URLs", param=param, code="invalid_image_url")
 
 
-def _media_urls(body: ChatCompletionRequest) -> Iterator[tuple[str, str]]:
+def _media_urls(body: ChatCompletionRequest, names: dict[tuple[int, int], str]) -> Iterator[tuple[str, str]]:
     for i, m in enumerate(body.messages):
         if isinstance(m.content, list):
             for j, part in enumerate(m.content):
                 ref: Any = getattr(part, "image_url", None) or getattr(part, "video_url", None)
                 if ref is not None:
-                    yield f"messages[{i}].content[{j}]", ref.url
+                    yield names.get((i, j)) or f"messages[{i}].content[{j}]", ref.url
     for k, url in enumerate(body.images or []):
         yield f"images[{k}]", url
 

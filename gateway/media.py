@@ -279,12 +279,15 @@ def _check_video(data: bytes, param: str, config: MediaConfig) -> str:
     return f"video/{fmt or 'octet-stream'}"
 
 
-async def wire_messages_with_media(pool: Any, body: Any, config: Any) -> list[dict[str, Any]]:
+async def wire_messages_with_media(
+    pool: Any, body: Any, config: Any, *, names: dict[tuple[int, int], str] | None = None,
+) -> list[dict[str, Any]]:
     """``body.wire_messages()`` with every media reference checked and turned
     into a data URL; media sent to a text-only model is refused first,
-    before anything is fetched."""
+    before anything is fetched. ``names``: the client's names of message
+    parts, when its API is not chat."""
     messages = body.wire_messages()
-    names = top_level_image_names(body)
+    names = {**top_level_image_names(body), **(names or {})}
     params = media_params(messages, names)
     if not params:
         return messages

@@ -1,4 +1,4 @@
-"""`GET /v1/models`, `GET /health`, `GET /v1/stats`: what the pool serves and how it is."""
+"""`GET /v1/models[/{id}]`, `GET /health`, `GET /v1/stats`: what the pool serves and how it is."""
 
 from __future__ import annotations
 
@@ -8,8 +8,9 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
+from ..errors import APIError
 from ..pool import WorkerPool
-from ..worker_client import WorkerUnavailable
+from ..worker_client import WorkerClient, WorkerUnavailable
 
 router = APIRouter()
 
@@ -17,12 +18,23 @@ router = APIRouter()
 @router.get("/v1/models")
 async def list_models(request: Request) -> dict[str, Any]:
     pool: WorkerPool = request.app.state.pool
-    data = []
-    for model_id, worker in pool.models().items():
-        info = worker.state.info
-        assert info is not None
-        data.append({"id": model_id, "object": "model", "created": info.created, "owned_by": "kmlx"})
-    return {"object": "list", "data": data}
+    return {"object": "list", "data": [_model_object(model_id, worker) for model_id, worker in pool.models().items()]}
+
+
+@router.get("/v1/models/{model_id:path}")
+async def retrieve_model(model_id: str, request: Request) -> dict[str, Any]:
+    """One served model (ids may hold slashes: ``mlx-community/...``)."""
+    worker = request.app.state.pool.models().get(model_id)
+    if worker is None:
+        raise APIError(404, f"The model '{model_id}' does not exist or is not served here", type="invalid_request_error",
+                       param="model", code="model_not_found")
+    return _model_object(model_id, worker)
+
+
+def _model_object(model_id: str, worker: WorkerClient) -> dict[str, Any]:
+    info = worker.state.info
+    assert info is not None
+    return {"id": model_id, "object": "model", "created": info.created, "owned_by": "kmlx"}
 
 
 @router.get("/health")

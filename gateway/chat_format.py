@@ -1,16 +1,20 @@
-"""OpenAI response objects (`chat.completion`, `chat.completion.chunk`).
+"""Chat completions on the wire: `chat.completion`, `chat.completion.chunk`.
 
 Plain dicts encoded with msgspec's JSON encoder: this is the gateway's
 per-token path, so it stays allocation-light and free of model classes.
+``ChatReply`` is the chat API's ``Reply`` (gateway/dispatch.py).
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Iterable
 
 import msgspec
 
-from protocol.messages import CacheInfo, Usage
+from protocol.messages import RequestOutput, Usage
+
+from .dispatch import Admitted, joined_text
+from .errors import APIError
 
 _json = msgspec.json.Encoder()
 
@@ -33,16 +37,6 @@ def usage_json(u: Usage) -> dict[str, Any]:
         "input_tokens": u.prompt_tokens,
         "output_tokens": u.completion_tokens,
         "input_tokens_details": {"cached_tokens": u.cached_tokens},
-    }
-
-
-def conversation_headers(conversation_id: str | None, cache: CacheInfo | None) -> dict[str, str]:
-    cache = cache or CacheInfo()
-    return {
-        "X-Conv-Id": conversation_id or "",
-        "X-Conv-KV": cache.mode,
-        "X-Conv-Cached-Tokens": str(cache.cached_tokens),
-        "X-Conv-Processing-Tokens": str(cache.processing_tokens),
     }
 
 
@@ -108,3 +102,45 @@ class ChunkWriter:
     @staticmethod
     def keep_alive() -> bytes:
         return b": keep-alive\n\n"
+
+
+def finish_reason(out: RequestOutput) -> str:
+    return out.finish_reason if out.finish_reason in ("stop", "length", "tool_calls") else "stop"
+
+
+class ChatReply:
+    """The chat API's view of one generation (a ``dispatch.Reply``)."""
+
+    def __init__(self, admitted: Admitted, *, include_usage: bool = False):
+        self.admitted = admitted
+        self.include_usage = include_usage
+        self.writer = ChunkWriter(admitted.request_id, admitted.model, admitted.created)
+
+    def open(self) -> Iterable[bytes]:
+        yield self.writer.role()
+
+    def delta(self, outs: list[RequestOutput]) -> Iterable[bytes]:
+        content, reasoning = joined_text(outs)
+        if content or reasoning:
+            yield self.writer.delta(content, reasoning)
+
+    def close(self, final: RequestOutput) -> Iterable[bytes]:
+        yield self.writer.finish(finish_reason(final))
+        if self.include_usage:
+            yield self.writer.usage(final.usage or Usage())
+        yield self.writer.done()
+
+    def fail(self, err: APIError) -> Iterable[bytes]:
+        yield self.writer.error(err.body())
+        yield self.writer.done()
+
+    def keep_alive(self) -> bytes:
+        return self.writer.keep_alive()
+
+    def body(self, outs: list[RequestOutput]) -> dict[str, Any]:
+        content, reasoning = joined_text(outs)
+        final, a = outs[-1], self.admitted
+        return completion(
+            request_id=a.request_id, model=a.model, created=a.created, content=content, reasoning=reasoning,
+            finish_reason=finish_reason(final), usage=final.usage or Usage(), conversation_id=a.conversation_id,
+        )
