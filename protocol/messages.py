@@ -16,7 +16,7 @@ from typing import Any, Literal, Union
 import msgspec
 
 # Bump on any incompatible change; the gateway refuses workers that differ.
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2
 
 
 class _Msg(msgspec.Struct, tag_field="type", forbid_unknown_fields=False, omit_defaults=True):
@@ -36,7 +36,9 @@ class Hello(_Msg, tag="hello"):
 
 
 class SamplingParams(msgspec.Struct, omit_defaults=True):
-    max_tokens: int | None = None  # None: bounded by the context left after the prompt
+    # None: bounded by the context left after the prompt. 0: nothing is
+    # generated; the one output reports the prompt's size (token counting).
+    max_tokens: int | None = None
     temperature: float = 1.0
     top_p: float = 1.0
     top_k: int = 0  # 0 disables
@@ -48,12 +50,17 @@ class SamplingParams(msgspec.Struct, omit_defaults=True):
 
 
 class ChatRequest(_Msg, tag="chat"):
-    """One chat completion. ``messages`` are OpenAI message dicts, already
-    validated by the gateway; media parts carry data URLs only."""
+    """One generation. ``messages`` are OpenAI message dicts, already
+    validated by the gateway, rendered with the model's chat template; media
+    parts carry data URLs only. With ``prompt`` instead (``messages`` empty)
+    the text or token ids are the model's input as they are (legacy
+    completions): no template, and no ``<think>`` split of the output."""
 
     request_id: str
     messages: list[dict[str, Any]]
     sampling: SamplingParams
+    prompt: str | list[int] | None = None
+    suffix: str | None = None  # with a text ``prompt``: fill in the middle (models with FIM tokens)
     strip_thinking: bool = False
     conversation_id: str | None = None
     reset_conversation: bool = False
@@ -135,6 +142,7 @@ class RequestOutput(msgspec.Struct, omit_defaults=True):
     usage: "Usage | None" = None
     error: "ErrorInfo | None" = None
     logprobs: list[dict[str, Any]] | None = None
+    stop_sequence: str | None = None  # the stop string that ended the request (final output)
 
 
 class Usage(msgspec.Struct, omit_defaults=True):

@@ -18,8 +18,9 @@ from protocol.messages import CacheInfo, ChatRequest, ErrorInfo, RequestOutput
 
 from .kv.manager import Plan, PromptCacheManager
 from .prompt import PromptError, render_prompt
+from .raw_prompt import render_raw
 from .sampling import make_logits_processors, make_sampler
-from .sequence import Sequence, rejection
+from .sequence import Sequence, prompt_only, rejection
 from .text_stream import TextStream
 
 
@@ -70,6 +71,7 @@ class Scheduler:
             prefill_step_size=limits.prefill_chunk,
         )
         self._eos = set(eos)
+        self.vocab_size = _vocab_size(model, tokenizer)  # bounds the token ids a raw prompt may hold
         self._eos_stop = StopSequences([[t] for t in eos])
         self._no_stop = StopSequences([])
         self._by_uid: dict[int, Sequence] = {}
@@ -106,16 +108,22 @@ class Scheduler:
                 ErrorInfo("worker queue is full, retry shortly", type="overloaded_error", code="queue_full", status=503),
             )
         try:
-            prompt = render_prompt(self.tokenizer, req.messages, model_id=self.model_id, tools=req.tools)
+            if req.prompt is not None:
+                prompt = render_raw(self.tokenizer, req.prompt, req.suffix, vocab_size=self.vocab_size)
+            else:
+                prompt = render_prompt(self.tokenizer, req.messages, model_id=self.model_id, tools=req.tools)
         except PromptError as exc:
             self.counters.rejected += 1
             return rejection(req.request_id, ErrorInfo(str(exc), param=exc.param, code=exc.code))
 
         n_prompt = len(prompt.token_ids)
-        max_tokens = self.completion_budget(req, n_prompt)
+        max_tokens = self.completion_budget(req, n_prompt, "the messages" if req.prompt is None else "the prompt")
         if isinstance(max_tokens, ErrorInfo):
             self.counters.rejected += 1
             return rejection(req.request_id, max_tokens)
+        if req.sampling.max_tokens == 0:  # count only: no KV, no batch
+            self.counters.finished += 1
+            return prompt_only(req.request_id, n_prompt)
 
         plan = self.kv.plan(req, prompt.token_ids, prompt.system_tokens) if self.kv else Plan(CacheInfo("disabled", 0, n_prompt))
         cached = plan.info.cached_tokens
@@ -125,7 +133,8 @@ class Scheduler:
             prompt=prompt,
             detokenizer=self.tokenizer.detokenizer,
             text=TextStream.create(
-                req.sampling.stop, strip_thinking=req.strip_thinking, starts_in_reasoning=prompt.starts_in_reasoning
+                req.sampling.stop, strip_thinking=req.strip_thinking, starts_in_reasoning=prompt.starts_in_reasoning,
+                split_thinking=req.prompt is None,
             ),
             max_tokens=max_tokens,
             cache=plan.info,
@@ -162,7 +171,7 @@ class Scheduler:
         if room <= 0:
             return ErrorInfo(
                 f"this model's maximum context length is {self.context_length} tokens; {what} are {n_prompt} tokens",
-                param="messages",
+                param="messages" if req.prompt is None else "prompt",
                 code="context_length_exceeded",
             )
         wanted = req.sampling.max_tokens or self.limits.default_max_tokens or room
@@ -252,4 +261,11 @@ class Scheduler:
 
     def close(self) -> None:
         self._batch.close()
+
+
+def _vocab_size(model: Any, tokenizer: Any) -> int:
+    """Ids the tokenizer knows (added tokens included) that the embedding has rows for."""
+    n = len(tokenizer.get_vocab())
+    rows = getattr(getattr(model, "args", None), "vocab_size", None)
+    return min(n, rows) if isinstance(rows, int) and rows > 0 else n
 

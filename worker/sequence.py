@@ -59,6 +59,7 @@ class Sequence:
         out.finish_reason = reason
         out.error = error
         out.usage = self.usage()
+        out.stop_sequence = self.text.stop.matched
         return out
 
     def usage(self) -> Usage:
@@ -81,4 +82,16 @@ def rejection(request_id: str, error: ErrorInfo) -> RequestOutput:
         finish_reason="error",
         error=error,
         usage=Usage(),
+    )
+
+
+def prompt_only(request_id: str, prompt_tokens: int) -> RequestOutput:
+    """The only output of a request that asked for no tokens (``max_tokens``
+    0): the prompt's size, for token counting. Nothing was computed."""
+    return RequestOutput(
+        request_id=request_id,
+        started=CacheInfo(mode="none", processing_tokens=0),
+        prompt_tokens=prompt_tokens,
+        finish_reason="length",
+        usage=Usage(prompt_tokens=prompt_tokens),
     )

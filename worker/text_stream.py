@@ -36,6 +36,7 @@ class StopFilter:
     stops: list[str]
     _held: str = ""
     stopped: bool = False
+    matched: str | None = None  # the stop string found (the earliest in the text)
 
     def feed(self, text: str) -> str:
         """Return the text that is safe to emit; sets ``stopped`` on a match."""
@@ -48,7 +49,8 @@ class StopFilter:
         if hits:
             self.stopped = True
             self._held = ""
-            return buf[: min(i for i, _ in hits)]
+            at, self.matched = min(hits, key=lambda h: (h[0], -len(h[1])))
+            return buf[:at]
         keep = _partial_suffix(buf, self.stops)
         self._held = buf[len(buf) - keep :] if keep else ""
         return buf[: len(buf) - keep]
@@ -102,21 +104,28 @@ class TextStream:
     """Raw decoded text in; (content, reasoning) deltas out."""
 
     stop: StopFilter
-    think: ThinkSplitter
+    think: ThinkSplitter | None  # None: raw text, all of it content (legacy completions)
     strip_thinking: bool = False
 
     @classmethod
-    def create(cls, stops: list[str], *, strip_thinking: bool, starts_in_reasoning: bool) -> "TextStream":
-        return cls(StopFilter(list(stops)), ThinkSplitter(starts_in_reasoning), strip_thinking)
+    def create(
+        cls, stops: list[str], *, strip_thinking: bool, starts_in_reasoning: bool, split_thinking: bool = True,
+    ) -> "TextStream":
+        think = ThinkSplitter(starts_in_reasoning) if split_thinking else None
+        return cls(StopFilter(list(stops)), think, strip_thinking)
 
     @property
     def stopped(self) -> bool:
         return self.stop.stopped
 
     def feed(self, text: str) -> tuple[str, str]:
+        if self.think is None:
+            return self.stop.feed(text), ""
         return self._route(self.think.feed(self.stop.feed(text)))
 
     def finish(self) -> tuple[str, str]:
+        if self.think is None:
+            return self.stop.flush(), ""
         c1, r1 = self.think.feed(self.stop.flush())
         c2, r2 = self.think.flush()
         return self._route((c1 + c2, r1 + r2))

@@ -23,7 +23,7 @@ from protocol.messages import CacheInfo, ChatRequest, ErrorInfo, RequestOutput, 
 
 from ..prompt import Prompt, PromptError
 from ..scheduler import Scheduler, SchedulerLimits
-from ..sequence import Sequence, rejection
+from ..sequence import Sequence, prompt_only, rejection
 from ..text_stream import TextStream
 from .batch_model import BatchView
 from .media import MediaError, MediaLimits
@@ -236,6 +236,9 @@ class VisionScheduler(Scheduler):
         if isinstance(max_tokens, ErrorInfo):
             self.counters.rejected += 1
             return rejection(req.request_id, max_tokens)
+        if req.sampling.max_tokens == 0:  # count only
+            self.counters.finished += 1
+            return prompt_only(req.request_id, n_prompt)
         seq = Sequence(
             request=req,
             client=pending.client,
