@@ -14,6 +14,18 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from protocol.messages import SamplingParams
 
+from .agent_fields import (
+    MAX_TOOLS,
+    TOP_LOGPROBS_MAX,
+    FunctionTool,
+    ResponseFormatField,
+    ToolChoiceField,
+    check_logit_bias,
+    check_template_kwargs,
+    refused_field,
+    wire_response_format,
+    wire_tool_choice,
+)
 from .errors import APIError
 
 MAX_STOP_SEQUENCES = 16
@@ -47,11 +59,22 @@ class VideoPart(_Strict):
 ContentPart = Annotated[Union[TextPart, ImagePart, VideoPart], Field(discriminator="type")]
 
 
+class FunctionCall(_Strict):
+    name: str
+    arguments: Union[str, dict[str, Any]]  # OpenAI sends a JSON string; some clients an object
+
+
+class ToolCallItem(_Strict):
+    id: str
+    type: Literal["function"] = "function"
+    function: FunctionCall
+
+
 class Message(_Strict):
     role: Literal["system", "developer", "user", "assistant", "tool"]
     content: Union[str, list[ContentPart], None] = None
     name: str | None = None
-    tool_calls: list[dict[str, Any]] | None = None
+    tool_calls: list[ToolCallItem] | None = None
     tool_call_id: str | None = None
 
     @model_validator(mode="after")
@@ -81,7 +104,16 @@ class ChatCompletionRequest(_Strict):
     stop: Union[str, list[str], None] = None
     n: int | None = Field(default=None, ge=1, le=1)
     logprobs: bool | None = None
-    tools: list[dict[str, Any]] | None = None
+    top_logprobs: int | None = Field(default=None, ge=0, le=TOP_LOGPROBS_MAX)
+    presence_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
+    frequency_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
+    logit_bias: dict[str, float] | None = None
+    tools: list[FunctionTool] | None = Field(default=None, max_length=MAX_TOOLS)
+    tool_choice: ToolChoiceField | None = None
+    parallel_tool_calls: bool | None = None
+    response_format: ResponseFormatField | None = None
+    chat_template_kwargs: dict[str, Any] | None = None
+    reasoning_effort: Literal["none", "minimal", "low", "medium", "high", "xhigh", "max"] | None = None
     # kmlx / seed extensions
     strip_thinking: bool | None = None
     conversation: str | None = None
@@ -102,28 +134,61 @@ class ChatCompletionRequest(_Strict):
             raise ValueError(f"stop sequences are limited to {MAX_STOP_LENGTH} characters")
         return [s for s in stops if s]
 
-    @field_validator("logprobs")
+    @field_validator("logit_bias")
     @classmethod
-    def _no_logprobs(cls, v: bool | None) -> bool | None:
-        if v:
-            raise ValueError("logprobs are not supported by this server yet")
+    def _logit_bias(cls, v: dict[str, float] | None) -> dict[str, float] | None:
+        check_logit_bias(v)
         return v
+
+    @field_validator("chat_template_kwargs")
+    @classmethod
+    def _template_kwargs(cls, v: dict[str, Any] | None) -> dict[str, Any] | None:
+        return check_template_kwargs(v)
 
     def completion_budget(self) -> int | None:
         return self.max_completion_tokens if self.max_completion_tokens is not None else self.max_tokens
 
     def sampling(self) -> SamplingParams:
+        """Unset fields stay None: the worker defaults them from the model's
+        generation_config.json, then its flags (worker/generation_config.py)."""
         return SamplingParams(
             max_tokens=self.completion_budget(),
-            temperature=1.0 if self.temperature is None else self.temperature,
-            top_p=1.0 if self.top_p is None else self.top_p,
-            top_k=self.top_k or 0,
-            min_p=self.min_p or 0.0,
-            repetition_penalty=self.repetition_penalty or 1.0,
+            temperature=self.temperature,
+            top_p=self.top_p,
+            top_k=self.top_k,
+            min_p=self.min_p,
+            repetition_penalty=self.repetition_penalty,
+            presence_penalty=self.presence_penalty,
+            frequency_penalty=self.frequency_penalty,
+            logit_bias=check_logit_bias(self.logit_bias),
             seed=self.seed,
             stop=list(self.stop or []),  # type: ignore[arg-type]
             ignore_eos=bool(self.ignore_eos),
+            logprobs=bool(self.logprobs),
+            top_logprobs=self.top_logprobs or 0,
+            n=self.n or 1,
         )
+
+    def agent_fields(self) -> dict[str, Any]:
+        """The ChatRequest fields for tools, formats and the template."""
+        tools = [t.wire() for t in self.tools] if self.tools else None
+        return {
+            "tools": tools,
+            "tool_choice": wire_tool_choice(self.tool_choice, self.tools),
+            "parallel_tool_calls": self.parallel_tool_calls is not False,
+            "response_format": wire_response_format(self.response_format),
+            "chat_template_kwargs": self.chat_template_kwargs,
+            "reasoning_effort": self.reasoning_effort,
+        }
+
+    def check_together(self) -> None:
+        """Rules across fields, each a 400 naming the field at fault."""
+        try:
+            wire_tool_choice(self.tool_choice, self.tools)
+        except ValueError as exc:
+            raise APIError(400, f"tool_choice: {exc}", param="tool_choice", code="invalid_value") from None
+        if self.top_logprobs and not self.logprobs:
+            raise APIError(400, "top_logprobs: needs logprobs set to true", param="top_logprobs", code="invalid_value")
 
     def wire_messages(self) -> list[dict[str, Any]]:
         """Messages for the worker, with the seed's top-level ``images``
@@ -148,8 +213,11 @@ def parse_chat_request(raw: bytes) -> ChatCompletionRequest:
         raise APIError(400, f"request body is not valid JSON: {exc}", code="invalid_json") from None
     if not isinstance(data, dict):
         raise APIError(400, "request body must be a JSON object", code="invalid_json")
+    refused = refused_field(data)
+    if refused is not None:
+        raise APIError(400, f"{refused[0]}: {refused[1]}", param=refused[0], code="unsupported_parameter")
     try:
-        return ChatCompletionRequest.model_validate(data)
+        body = ChatCompletionRequest.model_validate(data)
     except ValidationError as exc:
         # For unions pydantic reports every branch; the deepest location is
         # the one that names what is actually wrong.
@@ -158,12 +226,20 @@ def parse_chat_request(raw: bytes) -> ChatCompletionRequest:
         param = _param_path(loc)
         msg = err.get("msg", "invalid value").removeprefix("Value error, ")
         raise APIError(400, f"{param}: {msg}" if param else msg, param=param, code="invalid_value") from None
+    body.check_together()
+    return body
+
+
+# Discriminator values pydantic puts in an error's location after the union.
+_UNION_TAGS = frozenset({"text", "image_url", "video_url", "json_object", "json_schema"})
 
 
 def _param_path(loc: list[str]) -> str | None:
     """pydantic's location -> ``messages[0].content`` style."""
     out = ""
-    for p in loc:
+    for i, p in enumerate(loc):
+        if p in _UNION_TAGS and i > 0 and (loc[i - 1].isdigit() or loc[i - 1] == "response_format"):
+            continue
         if p.isdigit():
             out += f"[{p}]"
         elif p in ("str", "list", "function-after", "none") or "[" in p:

@@ -16,7 +16,7 @@ from typing import Any, Literal, Union
 import msgspec
 
 # Bump on any incompatible change; the gateway refuses workers that differ.
-PROTOCOL_VERSION = 2
+PROTOCOL_VERSION = 3  # 3: unset sampling fields travel as None; tool calls, typed logprobs, choices
 
 
 class _Msg(msgspec.Struct, tag_field="type", forbid_unknown_fields=False, omit_defaults=True):
@@ -36,17 +36,45 @@ class Hello(_Msg, tag="hello"):
 
 
 class SamplingParams(msgspec.Struct, omit_defaults=True):
+    """What the client asked for. ``None`` means "not set": the worker fills
+    it from the model's ``generation_config.json``, then from its own flags
+    (worker/generation_config.py), so the gateway never guesses defaults."""
+
     # None: bounded by the context left after the prompt. 0: nothing is
     # generated; the one output reports the prompt's size (token counting).
     max_tokens: int | None = None
-    temperature: float = 1.0
-    top_p: float = 1.0
-    top_k: int = 0  # 0 disables
-    min_p: float = 0.0
-    repetition_penalty: float = 1.0  # 1.0 disables
+    temperature: float | None = None
+    top_p: float | None = None
+    top_k: int | None = None  # 0 disables
+    min_p: float | None = None
+    repetition_penalty: float | None = None  # 1.0 disables
+    presence_penalty: float | None = None  # OpenAI's definitions, over the completion so far
+    frequency_penalty: float | None = None
+    logit_bias: dict[int, float] | None = None  # token id -> added to its logit
     seed: int | None = None
     stop: list[str] = []
     ignore_eos: bool = False  # benchmarks: generate exactly max_tokens
+    logprobs: bool = False  # each output token's log-probability
+    top_logprobs: int = 0  # and this many alternatives per position (0-20)
+    n: int = 1  # independent choices sharing one prompt prefill
+
+
+class ToolChoice(msgspec.Struct, frozen=True, omit_defaults=True):
+    """Whether the model may, must or must not call tools. ``function``:
+    it must call exactly the tool named ``name``. ``required`` and
+    ``function`` are enforced by constrained decoding."""
+
+    mode: Literal["auto", "none", "required", "function"] = "auto"
+    name: str | None = None
+
+
+class ResponseFormat(msgspec.Struct, frozen=True, omit_defaults=True):
+    """The shape the answer must have, enforced token by token.
+    ``json_object``: any JSON object; ``json_schema``: one matching ``schema``."""
+
+    type: Literal["text", "json_object", "json_schema"] = "text"
+    schema: dict[str, Any] | None = None
+    name: str | None = None
 
 
 class ChatRequest(_Msg, tag="chat"):
@@ -64,7 +92,13 @@ class ChatRequest(_Msg, tag="chat"):
     strip_thinking: bool = False
     conversation_id: str | None = None
     reset_conversation: bool = False
+    # OpenAI-shaped function tools: {"type": "function", "function": {"name", "description", "parameters"}}
     tools: list[dict[str, Any]] | None = None
+    tool_choice: ToolChoice = ToolChoice()
+    parallel_tool_calls: bool = True
+    response_format: ResponseFormat = ResponseFormat()
+    chat_template_kwargs: dict[str, Any] | None = None  # extra variables for the chat template
+    reasoning_effort: str | None = None  # for templates that take it (or enable_thinking)
     # Seconds since the epoch after which the worker gives up (None: no deadline).
     deadline: float | None = None
 
@@ -75,7 +109,7 @@ class Abort(_Msg, tag="abort"):
     request_ids: list[str]
 
 
-ControlMethod = Literal["ping", "stats", "conv_save", "conv_load", "conv_stats", "conv_delete"]
+ControlMethod = Literal["ping", "stats", "conv_save", "conv_load", "conv_stats", "conv_delete", "tokenize", "detokenize"]
 
 
 class ControlCall(_Msg, tag="control"):
@@ -124,12 +158,46 @@ class CacheInfo(msgspec.Struct, omit_defaults=True):
 FinishReason = Literal["stop", "length", "abort", "error", "tool_calls"]
 
 
+class ToolCallDelta(msgspec.Struct, omit_defaults=True):
+    """A piece of one tool call. The first piece of a call carries ``id`` and
+    ``name``; later pieces carry the next fragment of ``arguments``, a JSON
+    object's text (all fragments of a call, joined, are that text).
+    ``index`` numbers the calls of one choice from 0."""
+
+    index: int
+    id: str | None = None
+    name: str | None = None
+    arguments: str = ""
+
+
+class TopLogprob(msgspec.Struct, array_like=True):
+    token_id: int
+    logprob: float
+    token_bytes: bytes  # the token's raw bytes (may be part of a UTF-8 character)
+
+
+class TokenLogprob(msgspec.Struct, array_like=True):
+    """One generated token: its log-probability and, when asked for, the
+    most likely alternatives at that position (after logit_bias, penalties
+    and any grammar; before temperature and top_p/top_k)."""
+
+    token_id: int
+    logprob: float
+    token_bytes: bytes
+    top: list[TopLogprob] = []
+
+
 class RequestOutput(msgspec.Struct, omit_defaults=True):
     """What one request produced during one compute step.
 
     The first output of a request carries ``started`` (prompt size and cache
     decision), so the gateway can send headers before any token exists.
     The last carries ``finish_reason`` and ``usage`` (or ``error``).
+
+    ``content``, ``reasoning``, ``tool_calls``, ``logprobs`` and ``tokens``
+    belong to choice ``index``. With one choice its end is the request's
+    ``finish_reason``; with ``n`` > 1 each choice's last output carries
+    ``choice_finish_reason`` and the request ends with one more output.
     """
 
     request_id: str
@@ -141,8 +209,11 @@ class RequestOutput(msgspec.Struct, omit_defaults=True):
     finish_reason: FinishReason | None = None
     usage: "Usage | None" = None
     error: "ErrorInfo | None" = None
-    logprobs: list[dict[str, Any]] | None = None
     stop_sequence: str | None = None  # the stop string that ended the request (final output)
+    tool_calls: list[ToolCallDelta] | None = None
+    logprobs: list[TokenLogprob] | None = None  # one per token of this output, when asked for
+    index: int = 0  # the choice (n > 1)
+    choice_finish_reason: FinishReason | None = None
 
 
 class Usage(msgspec.Struct, omit_defaults=True):

@@ -44,6 +44,19 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--default-max-tokens", type=int, default=None, help="completion budget when a request sets none (default: the rest of the context)")
     s.add_argument("--max-tokens-limit", type=int, default=None, help="cap on any one completion; longer requests end with finish_reason=length")
     s.add_argument("--drain-timeout", type=float, default=30.0, help="seconds SIGTERM waits for running requests before aborting them")
+    g = p.add_argument_group("sampling defaults", "for fields a request leaves out; the model's generation_config.json comes first")
+    g.add_argument("--generation-config", choices=("auto", "none"), default="auto",
+                   help="auto: the model's generation_config.json sets sampling defaults (as in vLLM); none: only the flags below")
+    g.add_argument("--default-temperature", type=float, default=None, help="temperature when neither request nor model sets one (else 1.0)")
+    g.add_argument("--default-top-p", type=float, default=None, help="top_p fallback (else 1.0)")
+    g.add_argument("--default-top-k", type=int, default=None, help="top_k fallback (else 0: off)")
+    g.add_argument("--default-min-p", type=float, default=None, help="min_p fallback (else 0.0: off)")
+    g.add_argument("--default-repetition-penalty", type=float, default=None, help="repetition_penalty fallback (else 1.0: off)")
+    g.add_argument("--default-presence-penalty", type=float, default=None, help="presence_penalty fallback (else 0.0)")
+    g.add_argument("--default-frequency-penalty", type=float, default=None, help="frequency_penalty fallback (else 0.0)")
+    g.add_argument("--chat-template-kwargs", type=_json_object, default=None,
+                   help='JSON object of chat-template variables for every request, e.g. \'{"enable_thinking": false}\' '
+                        "(a request's chat_template_kwargs override them; variables the template does not read are skipped)")
     c = p.add_argument_group("prompt caching")
     c.add_argument("--disable-kv-cache", action="store_true", help="no conversation or prefix caching at all")
     c.add_argument("--enable-prefix-caching", action=argparse.BooleanOptionalAction, default=True,
@@ -62,6 +75,18 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--log-format", choices=LOG_FORMATS, default="text",
                    help="text for people; json for one JSON object per line (each request's line carries its request_id)")
     return p
+
+
+def _json_object(text: str) -> dict:
+    import json
+
+    try:
+        value = json.loads(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"not JSON: {exc}") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError("must be a JSON object")
+    return value
 
 
 def _tokenizer_hash(tokenizer) -> str:
@@ -127,6 +152,20 @@ def _kv_manager(args: argparse.Namespace, loaded, tokenizer_hash: str):
     return PromptCacheManager(config, model_id=loaded.model_id, tokenizer_hash=tokenizer_hash)
 
 
+def _sampling_defaults(args: argparse.Namespace, loaded):
+    from .generation_config import build_defaults, flag_names
+    from .models.default import published_sampling
+
+    defaults = build_defaults(
+        loaded.path,
+        use_model=args.generation_config == "auto",
+        published=published_sampling(loaded.path),
+        flags={name: getattr(args, f"default_{name}") for name in flag_names()},
+    )
+    log.info("sampling defaults: %s", defaults.describe())
+    return defaults
+
+
 def serve(args: argparse.Namespace, loaded) -> None:
     # The IO thread must get the GIL quickly when a step's outputs are ready;
     # Python's default 5 ms switch interval would delay every token's send.
@@ -153,6 +192,8 @@ def serve(args: argparse.Namespace, loaded) -> None:
         context_length=loaded.context_length,
         limits=limits,
         kv=_kv_manager(args, loaded, tokenizer_hash),
+        sampling_defaults=_sampling_defaults(args, loaded),
+        template_defaults=args.chat_template_kwargs,
     )
     info = WorkerInfo(
         protocol_version=PROTOCOL_VERSION,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -60,10 +61,59 @@ def normalise_messages(messages: list[dict[str, Any]], *, model_id: str) -> list
     return out
 
 
-def render_chat_text(tokenizer: Any, chat: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None) -> str:
+def template_source(tokenizer: Any) -> str:
+    """The chat template's text (all named templates, when there are several)."""
+    template = getattr(tokenizer, "chat_template", None)
+    if isinstance(template, dict):
+        return "\n".join(str(t) for t in template.values())
+    return template if isinstance(template, str) else ""
+
+
+def template_variables(
+    tokenizer: Any,
+    requested: dict[str, Any] | None,
+    *,
+    defaults: dict[str, Any] | None = None,
+    reasoning_effort: str | None = None,
+) -> dict[str, Any]:
+    """Extra template variables: the worker's defaults, then the request's
+    ``chat_template_kwargs``, then ``reasoning_effort``. A variable the
+    template never reads would be silently ignored, so it is refused."""
+    source = template_source(tokenizer)
+
+    def reads(name: str) -> bool:
+        return re.search(rf"\b{re.escape(name)}\b", source) is not None
+
+    out = {k: v for k, v in (defaults or {}).items() if reads(k)}
+    for key, value in (requested or {}).items():
+        if not reads(key):
+            raise PromptError(
+                f"this model's chat template does not use {key!r}", param=f"chat_template_kwargs.{key}", code="unsupported_parameter"
+            )
+        out[key] = value
+    if reasoning_effort is not None:
+        if reads("reasoning_effort"):
+            out["reasoning_effort"] = reasoning_effort
+        elif reads("enable_thinking"):  # Qwen3-style switch: "none"/"minimal" turn thinking off
+            out["enable_thinking"] = reasoning_effort not in ("none", "minimal")
+        else:
+            raise PromptError(
+                "this model's chat template has no reasoning effort setting", param="reasoning_effort", code="unsupported_parameter"
+            )
+    return out
+
+
+def render_chat_text(
+    tokenizer: Any,
+    chat: list[dict[str, Any]],
+    tools: list[dict[str, Any]] | None = None,
+    variables: dict[str, Any] | None = None,
+) -> str:
     """The model's chat template over ``chat``: a generation prompt after a
-    user turn, or a continuation of a final assistant message (prefill)."""
-    kwargs: dict[str, Any] = {"add_generation_prompt": chat[-1]["role"] != "assistant"}
+    user turn, or a continuation of a final assistant message (prefill).
+    ``variables``: extra template variables (``template_variables``)."""
+    kwargs: dict[str, Any] = dict(variables or {})
+    kwargs["add_generation_prompt"] = chat[-1]["role"] != "assistant"
     if chat[-1]["role"] == "assistant":
         kwargs["continue_final_message"] = True
     if tools:
@@ -80,9 +130,10 @@ def render_prompt(
     *,
     model_id: str,
     tools: list[dict[str, Any]] | None = None,
+    variables: dict[str, Any] | None = None,
 ) -> Prompt:
     chat = normalise_messages(messages, model_id=model_id)
-    text = render_chat_text(tokenizer, chat, tools)
+    text = render_chat_text(tokenizer, chat, tools, variables)
     ids = tokenizer.encode(text, add_special_tokens=False)
     if not ids:
         raise PromptError("the rendered prompt is empty")
@@ -92,12 +143,12 @@ def render_prompt(
     return Prompt(
         token_ids=list(ids),
         starts_in_reasoning=opened,
-        system_tokens=_system_tokens(tokenizer, chat, ids),
+        system_tokens=_system_tokens(tokenizer, chat, ids, variables),
         message_hashes=tuple(_hash(m) for m in chat),
     )
 
 
-def _system_tokens(tokenizer: Any, chat: list[dict[str, Any]], ids: list[int]) -> int:
+def _system_tokens(tokenizer: Any, chat: list[dict[str, Any]], ids: list[int], variables: dict[str, Any] | None = None) -> int:
     """Where the leading system message(s) end in ``ids`` (0 if none, or if
     the template renders them differently on their own)."""
     n = 0
@@ -106,7 +157,7 @@ def _system_tokens(tokenizer: Any, chat: list[dict[str, Any]], ids: list[int]) -
     if n == 0 or n == len(chat):
         return 0
     try:
-        text = tokenizer.apply_chat_template(chat[:n], tokenize=False, add_generation_prompt=False)
+        text = tokenizer.apply_chat_template(chat[:n], tokenize=False, add_generation_prompt=False, **(variables or {}))
     except Exception:
         return 0
     head = tokenizer.encode(text, add_special_tokens=False)

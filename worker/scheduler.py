@@ -16,8 +16,9 @@ from mlx_lm.generate import BatchGenerator, StopSequences
 
 from protocol.messages import CacheInfo, ChatRequest, ErrorInfo, RequestOutput
 
+from .generation_config import Sampling, SamplingDefaults, build_defaults
 from .kv.manager import Plan, PromptCacheManager
-from .prompt import PromptError, render_prompt
+from .prompt import PromptError, render_prompt, template_variables
 from .raw_prompt import render_raw
 from .sampling import make_logits_processors, make_sampler
 from .sequence import Sequence, prompt_only, rejection
@@ -55,8 +56,12 @@ class Scheduler:
         context_length: int,
         limits: SchedulerLimits,
         kv: PromptCacheManager | None = None,
+        sampling_defaults: SamplingDefaults | None = None,
+        template_defaults: dict[str, Any] | None = None,
     ):
         self.tokenizer = tokenizer
+        self.sampling_defaults = sampling_defaults or build_defaults(None)
+        self.template_defaults = template_defaults or {}
         self.kv = kv
         self.model_id = model_id
         self.context_length = context_length
@@ -107,17 +112,22 @@ class Scheduler:
                 req.request_id,
                 ErrorInfo("worker queue is full, retry shortly", type="overloaded_error", code="queue_full", status=503),
             )
+        sampling = self.resolve_sampling(req)
+        if isinstance(sampling, ErrorInfo):
+            self.counters.rejected += 1
+            return rejection(req.request_id, sampling)
         try:
             if req.prompt is not None:
                 prompt = render_raw(self.tokenizer, req.prompt, req.suffix, vocab_size=self.vocab_size)
             else:
-                prompt = render_prompt(self.tokenizer, req.messages, model_id=self.model_id, tools=req.tools)
+                variables = self.template_variables(req)
+                prompt = render_prompt(self.tokenizer, req.messages, model_id=self.model_id, tools=req.tools, variables=variables)
         except PromptError as exc:
             self.counters.rejected += 1
             return rejection(req.request_id, ErrorInfo(str(exc), param=exc.param, code=exc.code))
 
         n_prompt = len(prompt.token_ids)
-        max_tokens = self.completion_budget(req, n_prompt, "the messages" if req.prompt is None else "the prompt")
+        max_tokens = self.completion_budget(req, n_prompt, "the messages" if req.prompt is None else "the prompt", sampling=sampling)
         if isinstance(max_tokens, ErrorInfo):
             self.counters.rejected += 1
             return rejection(req.request_id, max_tokens)
@@ -131,6 +141,7 @@ class Scheduler:
             request=req,
             client=client,
             prompt=prompt,
+            sampling=sampling,
             detokenizer=self.tokenizer.detokenizer,
             text=TextStream.create(
                 req.sampling.stop, strip_thinking=req.strip_thinking, starts_in_reasoning=prompt.starts_in_reasoning,
@@ -150,23 +161,46 @@ class Scheduler:
     def _insert(self, seq: Sequence, tokens: list[int], cache: list[Any] | None, cached_tokens: list[int]) -> None:
         """Put a sequence into the running batch: ``tokens`` still to prefill
         on top of ``cache`` (which already holds ``cached_tokens``)."""
-        sampling = seq.request.sampling
         (uid,) = self._batch.insert(
             [tokens],
             caches=[cache] if cache is not None else None,
             all_tokens=[cached_tokens],
             max_tokens=[seq.max_tokens],
-            samplers=[make_sampler(sampling)],
-            logits_processors=[make_logits_processors(sampling)],
-            stop_sequences=[self._no_stop if sampling.ignore_eos else self._eos_stop],
+            samplers=[make_sampler(seq.sampling)],
+            logits_processors=[make_logits_processors(seq.sampling)],
+            stop_sequences=[self._no_stop if seq.request.sampling.ignore_eos else self._eos_stop],
         )
         seq.uid = uid
         self._by_uid[uid] = seq
         self._by_id[seq.request_id] = seq
 
-    def completion_budget(self, req: ChatRequest, n_prompt: int, what: str = "the messages") -> int | ErrorInfo:
-        """Tokens this request may generate: its own limit, the operator's
-        cap and the room left in the context — or why it cannot run at all."""
+    def template_variables(self, req: ChatRequest) -> dict[str, Any]:
+        """Extra chat-template variables for this request; raises PromptError."""
+        return template_variables(
+            self.tokenizer, req.chat_template_kwargs, defaults=self.template_defaults, reasoning_effort=req.reasoning_effort
+        )
+
+    def resolve_sampling(self, req: ChatRequest) -> Sampling | ErrorInfo:
+        """The request's sampling with every unset field defaulted
+        (generation_config.py), or why it cannot be honoured."""
+        unsupported = _not_yet_supported(req)
+        if unsupported is not None:
+            return unsupported
+        sampling = self.sampling_defaults.resolve(req.sampling)
+        bad = [t for t in sampling.logit_bias if not 0 <= t < self.vocab_size] if self.vocab_size else []
+        if bad:
+            return ErrorInfo(
+                f"logit_bias names token id {bad[0]}, but this model's vocabulary has {self.vocab_size} tokens",
+                param="logit_bias", code="invalid_value",
+            )
+        return sampling
+
+    def completion_budget(
+        self, req: ChatRequest, n_prompt: int, what: str = "the messages", *, sampling: Sampling | None = None
+    ) -> int | ErrorInfo:
+        """Tokens this request may generate: its own limit (or the model's
+        default), the operator's cap and the room left in the context — or
+        why it cannot run at all."""
         room = self.context_length - n_prompt
         if room <= 0:
             return ErrorInfo(
@@ -174,7 +208,8 @@ class Scheduler:
                 param="messages" if req.prompt is None else "prompt",
                 code="context_length_exceeded",
             )
-        wanted = req.sampling.max_tokens or self.limits.default_max_tokens or room
+        asked = sampling.max_tokens if sampling is not None else req.sampling.max_tokens
+        wanted = asked or self.limits.default_max_tokens or room
         return max(1, min(wanted, room, self.limits.max_tokens_limit or room))
 
     def abort(self, request_id: str, *, error: ErrorInfo | None = None) -> RequestOutput | None:
@@ -269,3 +304,17 @@ def _vocab_size(model: Any, tokenizer: Any) -> int:
     rows = getattr(getattr(model, "args", None), "vocab_size", None)
     return min(n, rows) if isinstance(rows, int) and rows > 0 else n
 
+
+
+def _not_yet_supported(req: ChatRequest) -> ErrorInfo | None:
+    """Fields this worker cannot honour yet: refused, never ignored."""
+    s = req.sampling
+    if s.n != 1:
+        return ErrorInfo("n > 1 is not supported yet", param="n", code="unsupported_parameter")
+    if s.logprobs or s.top_logprobs:
+        return ErrorInfo("logprobs are not supported yet", param="logprobs", code="unsupported_parameter")
+    if req.response_format.type != "text":
+        return ErrorInfo("response_format is not supported yet", param="response_format", code="unsupported_parameter")
+    if req.tool_choice.mode in ("required", "function"):
+        return ErrorInfo("tool_choice required/named is not supported yet", param="tool_choice", code="unsupported_parameter")
+    return None

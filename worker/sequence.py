@@ -8,6 +8,7 @@ from typing import Any
 
 from protocol.messages import CacheInfo, ChatRequest, ErrorInfo, FinishReason, RequestOutput, Usage
 
+from .generation_config import Sampling
 from .prompt import Prompt
 from .text_stream import TextStream
 
@@ -17,6 +18,7 @@ class Sequence:
     request: ChatRequest
     client: bytes  # ZeroMQ identity of the gateway that sent it
     prompt: Prompt
+    sampling: Sampling
     detokenizer: Any
     text: TextStream
     max_tokens: int

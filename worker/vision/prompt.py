@@ -96,11 +96,12 @@ def prepare_media(
     limits: MediaLimits,
     *,
     tools: list[dict[str, Any]] | None = None,
+    variables: dict[str, Any] | None = None,
 ) -> PreparedMedia:
     """Decode every media part and render the chat template around
     placeholders. Raises MediaError or PromptError."""
     chat, images = _chat_and_images(messages, limits)
-    text = render_chat_text(tokenizer, chat, tools)
+    text = render_chat_text(tokenizer, chat, tools, variables)
     return PreparedMedia(text, images, text.rstrip().endswith(THINK_OPEN))
 
 

@@ -200,7 +200,9 @@ class VisionScheduler(Scheduler):
 
     def _prepare(self, req: ChatRequest) -> _Encoded:
         """Media thread: decode, template, processor, vision tower."""
-        prepared = prepare_media(self._media_processor.tokenizer, req.messages, self.media_limits, tools=req.tools)
+        prepared = prepare_media(
+            self._media_processor.tokenizer, req.messages, self.media_limits, tools=req.tools, variables=self.template_variables(req)
+        )
         vp = tokenize(self._media_processor, prepared)
         n = len(vp.token_ids)
         if n >= self.context_length:  # refused next; don't run the vision tower for it
@@ -231,18 +233,21 @@ class VisionScheduler(Scheduler):
             return rejection(req.request_id, err)
         n_prompt = len(enc.token_ids)
         what = f"the messages (with {enc.images} image(s) or frame(s))"
+        sampling = self.resolve_sampling(req)
         # (no job and no inputs means the media thread found the prompt too long: refused here)
-        max_tokens = self.completion_budget(req, n_prompt, what)
+        max_tokens = sampling if isinstance(sampling, ErrorInfo) else self.completion_budget(req, n_prompt, what, sampling=sampling)
         if isinstance(max_tokens, ErrorInfo):
             self.counters.rejected += 1
             return rejection(req.request_id, max_tokens)
         if req.sampling.max_tokens == 0:  # count only
             self.counters.finished += 1
             return prompt_only(req.request_id, n_prompt)
+        assert not isinstance(sampling, ErrorInfo)
         seq = Sequence(
             request=req,
             client=pending.client,
             prompt=Prompt(token_ids=enc.token_ids, starts_in_reasoning=enc.starts_in_reasoning),
+            sampling=sampling,
             detokenizer=self.tokenizer.detokenizer,
             text=TextStream.create(
                 req.sampling.stop, strip_thinking=req.strip_thinking, starts_in_reasoning=enc.starts_in_reasoning
