@@ -27,7 +27,8 @@ from .trace import TraceWriter
 
 log = logging.getLogger("kmlx.gateway.requests")
 
-CHAT_PATH = "/v1/chat/completions"
+# The routes that generate: their refusals before any worker count as rejections.
+GENERATION_PATHS = frozenset({"/v1/chat/completions", "/v1/messages", "/v1/responses", "/v1/completions"})
 
 
 class RequestLog:
@@ -113,7 +114,7 @@ class RequestLog:
             "error_code": error_code,
             "total_s": round(total, 4),
         }
-        if path == CHAT_PATH and status in (429, 503):
+        if path in GENERATION_PATHS and status in (429, 503):
             self.metrics.reject(error_code or "unavailable")
         # Probes and scrapes every few seconds would drown the log at INFO.
         level = logging.DEBUG if status < 400 else logging.INFO

@@ -3,7 +3,8 @@
 Pure ASGI middlewares (no request objects, no body buffering):
 
 - ``ApiKeyMiddleware``: with ``--api-key`` set, every path except
-  ``/health`` and ``/metrics`` needs ``Authorization: Bearer <key>``. It is
+  ``/health`` and ``/metrics`` needs ``Authorization: Bearer <key>`` (or
+  ``x-api-key: <key>``, as Anthropic's clients send it). It is
   path-generic on purpose, so routes added later (``/v1/conv_kv/...``) are
   covered without touching this file. Unknown paths get 401 too, which
   tells an unauthenticated caller nothing about which routes exist.
@@ -40,17 +41,21 @@ class ApiKeyMiddleware:
             return
         err = APIError(
             401,
-            "missing or invalid API key: send 'Authorization: Bearer <key>'",
+            "missing or invalid API key: send 'Authorization: Bearer <key>' or 'x-api-key: <key>'",
             code="invalid_api_key",
             headers={"WWW-Authenticate": "Bearer"},
         )
-        await err.response()(scope, receive, send)
+        await err.response(path=scope["path"])(scope, receive, send)
 
     def _authorized(self, scope: Scope) -> bool:
-        scheme, _, token = Headers(scope=scope).get("authorization", "").partition(" ")
-        if scheme.lower() != "bearer":
+        headers = Headers(scope=scope)
+        scheme, _, token = headers.get("authorization", "").partition(" ")
+        if scheme.lower() == "bearer":
+            given = token.strip().encode()
+        elif "x-api-key" in headers:
+            given = headers["x-api-key"].strip().encode()
+        else:
             return False
-        given = token.strip().encode()
         # Constant-time comparison against every key (no early exit on a match).
         return sum(hmac.compare_digest(given, k) for k in self.keys) > 0
 
@@ -66,7 +71,7 @@ class BodySizeLimitMiddleware:
             return
         declared = Headers(scope=scope).get("content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
-            await self._too_large().response({"Connection": "close"})(scope, receive, send)
+            await self._too_large().response({"Connection": "close"}, path=scope["path"])(scope, receive, send)
             return
         seen = 0
 
@@ -111,7 +116,8 @@ def install_security(app: FastAPI, ops: OpsConfig) -> None:
             CORSMiddleware,
             allow_origins=ops.cors_origins,
             allow_methods=["GET", "POST", "DELETE", "OPTIONS"],
-            allow_headers=["Authorization", "Content-Type", "X-Request-Id", "X-Conversation-Id"],
+            allow_headers=["Authorization", "Content-Type", "X-Request-Id", "X-Conversation-Id",
+                           "x-api-key", "anthropic-version", "anthropic-beta"],
             expose_headers=["X-Request-Id", "X-Conv-Id", "X-Conv-KV", "X-Conv-Cached-Tokens", "X-Conv-Processing-Tokens", "X-Worker-Id"],
             max_age=600,
         )

@@ -81,6 +81,26 @@ def test_health_and_metrics_need_no_key(secured):
     assert httpx.get(f"{secured.root_url}/metrics", timeout=10).status_code == 200
 
 
+def test_anthropic_clients_authenticate_with_x_api_key(secured):
+    import anthropic
+
+    good = anthropic.Anthropic(base_url=secured.root_url, api_key=KEY, max_retries=0, timeout=60)
+    m = good.messages.create(model="m", max_tokens=2, messages=[{"role": "user", "content": "hi"}],
+                             extra_headers={"anthropic-beta": "some-beta-2025-01-01"})
+    assert m.usage.output_tokens == 2
+    bad = anthropic.Anthropic(base_url=secured.root_url, api_key="wrong", max_retries=0, timeout=60)
+    with pytest.raises(anthropic.AuthenticationError) as err:
+        bad.messages.count_tokens(model="m", messages=[{"role": "user", "content": "hi"}])
+    assert err.value.body["error"]["type"] == "authentication_error"  # Anthropic's shape under /v1/messages
+    r = httpx.get(f"{secured.root_url}/v1/models", headers={"x-api-key": KEY}, timeout=10)
+    assert r.status_code == 200
+
+
+def test_anthropic_errors_from_the_edge_have_anthropics_shape(secured):
+    r = httpx.post(f"{secured.root_url}/v1/messages", content=b"x" * (MAX_BODY + 10), headers={"x-api-key": KEY}, timeout=30)
+    assert r.status_code == 413 and r.json()["type"] == "error" and r.json()["error"]["type"] == "request_too_large"
+
+
 def test_key_from_the_environment(secured, log_dir, monkeypatch):
     monkeypatch.setenv("KMLX_API_KEY", "env-key-77")
     gateway, root = start_gateway(secured.worker_addresses, log_dir, name="gateway-envkey")

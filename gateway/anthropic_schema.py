@@ -1,0 +1,257 @@
+"""Anthropic Messages requests: validation, and translation to a chat request.
+
+``/v1/messages`` is a translation: a validated Anthropic body becomes the
+OpenAI chat body it means (system prompt first, blocks as parts, tool use
+as tool calls, tool results as tool messages), which then takes the chat
+path to the worker. Every field Anthropic documents is either honoured or
+refused with a 400 naming it (docs/apis.md); unknown fields are ignored, as
+for chat.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated, Any, Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from .body import parse_model
+from .errors import APIError
+from .schemas import MAX_STOP_LENGTH, MAX_STOP_SEQUENCES
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(strict=True, extra="ignore")
+
+
+class CacheControl(_Strict):
+    type: Literal["ephemeral"]
+    ttl: str | None = None
+
+
+class TextBlock(_Strict):
+    type: Literal["text"]
+    text: str
+    cache_control: CacheControl | None = None
+    citations: list[Any] | None = Field(default=None, max_length=0)  # citations are not supported
+
+
+class Base64Source(_Strict):
+    type: Literal["base64"]
+    media_type: Literal["image/jpeg", "image/png", "image/gif", "image/webp"]
+    data: str
+
+
+class URLSource(_Strict):
+    type: Literal["url"]
+    url: str
+
+
+class ImageBlock(_Strict):
+    type: Literal["image"]
+    source: Annotated[Union[Base64Source, URLSource], Field(discriminator="type")]
+    cache_control: CacheControl | None = None
+
+    def url(self) -> str:
+        s = self.source
+        return f"data:{s.media_type};base64,{s.data}" if isinstance(s, Base64Source) else s.url
+
+
+class ToolUseBlock(_Strict):
+    type: Literal["tool_use"]
+    id: str
+    name: str
+    input: dict[str, Any]
+    cache_control: CacheControl | None = None
+
+
+class ToolResultBlock(_Strict):
+    type: Literal["tool_result"]
+    tool_use_id: str
+    content: Union[str, list[Annotated[Union[TextBlock, ImageBlock], Field(discriminator="type")]], None] = None
+    is_error: bool | None = None
+    cache_control: CacheControl | None = None
+
+
+class ThinkingBlock(_Strict):
+    type: Literal["thinking"]
+    thinking: str
+    signature: str | None = None
+
+
+class RedactedThinkingBlock(_Strict):
+    type: Literal["redacted_thinking"]
+    data: str
+
+
+Block = Annotated[
+    Union[TextBlock, ImageBlock, ToolUseBlock, ToolResultBlock, ThinkingBlock, RedactedThinkingBlock],
+    Field(discriminator="type"),
+]
+
+
+class Message(_Strict):
+    role: Literal["user", "assistant"]
+    content: Union[str, list[Block]]
+
+    @model_validator(mode="after")
+    def _blocks_fit_the_role(self) -> "Message":
+        if isinstance(self.content, list):
+            for block in self.content:
+                if self.role == "user" and isinstance(block, (ToolUseBlock, ThinkingBlock, RedactedThinkingBlock)):
+                    raise ValueError(f"{_a(block.type)} block belongs in an assistant message")
+                if self.role == "assistant" and isinstance(block, (ImageBlock, ToolResultBlock)):
+                    raise ValueError(f"{_a(block.type)} block belongs in a user message")
+        return self
+
+
+def _a(word: str) -> str:
+    return ("an " if word[0] in "aeiou" else "a ") + word
+
+
+class Metadata(_Strict):
+    user_id: str | None = None
+
+
+class ThinkingConfig(_Strict):
+    type: Literal["enabled", "disabled", "adaptive"]
+    budget_tokens: int | None = Field(default=None, ge=1024)
+
+
+class MessagesRequest(_Strict):
+    model: str
+    messages: list[Message] = Field(min_length=1)
+    max_tokens: int = Field(ge=1)
+    system: Union[str, list[TextBlock], None] = None
+    stop_sequences: list[Annotated[str, Field(max_length=MAX_STOP_LENGTH)]] | None = Field(default=None, max_length=MAX_STOP_SEQUENCES)
+    stream: bool | None = False
+    temperature: float | None = Field(default=None, ge=0.0, le=1.0)
+    top_p: float | None = Field(default=None, gt=0.0, le=1.0)
+    top_k: int | None = Field(default=None, ge=0)
+    metadata: Metadata | None = None
+    thinking: ThinkingConfig | None = None
+    service_tier: Literal["auto", "standard_only"] | None = None
+    cache_control: CacheControl | None = None
+    speed: Literal["standard"] | None = None
+    # kmlx extensions, as on chat completions
+    conversation: str | None = None
+    reset_conversation: bool | None = None
+
+    @model_validator(mode="after")
+    def _thinking_budget(self) -> "MessagesRequest":
+        t = self.thinking
+        if t is not None and t.type == "enabled" and t.budget_tokens is None:
+            raise ValueError("thinking.budget_tokens is required when thinking is enabled")
+        if t is not None and t.budget_tokens is not None and t.budget_tokens >= self.max_tokens:
+            raise ValueError("thinking.budget_tokens must be less than max_tokens")
+        return self
+
+
+class CountTokensRequest(_Strict):
+    """``/v1/messages/count_tokens``: the prompt part of a messages request."""
+
+    model: str
+    messages: list[Message] = Field(min_length=1)
+    system: Union[str, list[TextBlock], None] = None
+    thinking: ThinkingConfig | None = None
+    cache_control: CacheControl | None = None
+
+
+# Fields Anthropic documents that kmlx cannot honour: a 400 naming them when set.
+REFUSED = {
+    "container": "code-execution containers are not supported",
+    "mcp_servers": "MCP servers are not supported; run tools on the client",
+    "context_management": "server-side context management is not supported",
+    "diagnostics": "diagnostics are not supported",
+    "output_config": "output_config is not supported yet",
+    "tools": "tools are not supported on /v1/messages yet",
+    "tool_choice": "tool_choice is not supported on /v1/messages yet",
+}
+
+
+# Discriminator values of the block and source unions (not field names).
+_TAGS = frozenset({"text", "image", "tool_use", "tool_result", "thinking", "redacted_thinking", "base64", "url"})
+
+
+def parse_messages_request(raw: bytes) -> MessagesRequest:
+    return parse_model(MessagesRequest, raw, refused=REFUSED, tags=_TAGS)
+
+
+def parse_count_tokens_request(raw: bytes) -> CountTokensRequest:
+    return parse_model(CountTokensRequest, raw, refused=REFUSED, tags=_TAGS)
+
+
+def _system_text(system: Union[str, list[TextBlock], None]) -> str | None:
+    if system is None or isinstance(system, str):
+        return system or None
+    return "\n\n".join(b.text for b in system) or None
+
+
+def to_chat(body: MessagesRequest | CountTokensRequest) -> tuple[dict[str, Any], dict[tuple[int, int], str]]:
+    """The chat body this request means, and the Anthropic names of the
+    chat message parts (``messages[i].content[j]`` as the client wrote it)."""
+    messages: list[dict[str, Any]] = []
+    names: dict[tuple[int, int], str] = {}
+    system = _system_text(body.system)
+    if system:
+        messages.append({"role": "system", "content": system})
+    for i, m in enumerate(body.messages):
+        if isinstance(m.content, str):
+            messages.append({"role": m.role, "content": m.content})
+            continue
+        if m.role == "assistant":
+            messages.append(_assistant(m.content))
+            continue
+        parts: list[dict[str, Any]] = []
+        for j, block in enumerate(m.content):
+            if isinstance(block, ToolResultBlock):
+                messages.append(_tool_result(block, f"messages[{i}].content[{j}]"))
+            elif isinstance(block, TextBlock):
+                parts.append({"type": "text", "text": block.text})
+            elif isinstance(block, ImageBlock):
+                names[(len(messages), len(parts))] = f"messages[{i}].content[{j}]"
+                parts.append({"type": "image_url", "image_url": {"url": block.url()}})
+        if parts:
+            messages.append({"role": "user", "content": parts})
+    chat: dict[str, Any] = {"model": body.model, "messages": messages}
+    if isinstance(body, MessagesRequest):
+        chat.update(
+            max_tokens=body.max_tokens,
+            stream=bool(body.stream),
+            temperature=body.temperature,
+            top_p=body.top_p,
+            top_k=body.top_k,
+            stop=body.stop_sequences,
+            conversation=body.conversation,
+            reset_conversation=body.reset_conversation,
+        )
+        if body.thinking is not None and body.thinking.type == "disabled":
+            chat["strip_thinking"] = True  # the answer carries no thinking blocks
+    return {k: v for k, v in chat.items() if v is not None}, names
+
+
+def _assistant(blocks: list[Any]) -> dict[str, Any]:
+    """An assistant turn: its text, and its tool uses as tool calls. Thinking
+    blocks are not sent back: chat templates drop past reasoning too."""
+    text = "".join(b.text for b in blocks if isinstance(b, TextBlock))
+    calls = [
+        {"id": b.id, "type": "function", "function": {"name": b.name, "arguments": json.dumps(b.input, ensure_ascii=False)}}
+        for b in blocks
+        if isinstance(b, ToolUseBlock)
+    ]
+    msg: dict[str, Any] = {"role": "assistant", "content": text if text or not calls else None}
+    if calls:
+        msg["tool_calls"] = calls
+    return msg
+
+
+def _tool_result(block: ToolResultBlock, where: str) -> dict[str, Any]:
+    content = block.content
+    if isinstance(content, list):
+        if any(isinstance(b, ImageBlock) for b in content):
+            raise APIError(400, f"{where}: images inside tool results are not supported", param=where, code="unsupported_content")
+        content = "\n".join(b.text for b in content if isinstance(b, TextBlock))
+    text = content or ""
+    if block.is_error:
+        text = f"Error: {text}"
+    return {"role": "tool", "tool_call_id": block.tool_use_id, "content": text}

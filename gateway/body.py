@@ -1,0 +1,72 @@
+"""Request bodies -> validated models, or a 400 that names the field.
+
+Shared by every API's schema: strict JSON object, the fields an API refuses
+(named in ``param``), then pydantic validation with the deepest error's
+location as the parameter path (``messages[0].content[1].source``).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, TypeVar
+
+from pydantic import BaseModel, ValidationError
+
+from .errors import APIError
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def json_object(raw: bytes) -> dict[str, Any]:
+    try:
+        data = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise APIError(400, f"request body is not valid JSON: {exc}", code="invalid_json") from None
+    if not isinstance(data, dict):
+        raise APIError(400, "request body must be a JSON object", code="invalid_json")
+    return data
+
+
+def validate(model: type[M], data: dict[str, Any], *, tags: frozenset[str] = frozenset()) -> M:
+    """``tags``: the discriminator values of the model's tagged unions,
+    which pydantic puts in error locations but are not field names."""
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise invalid(exc, tags) from None
+
+
+def invalid(exc: ValidationError, tags: frozenset[str] = frozenset()) -> APIError:
+    # For unions pydantic reports every branch; the deepest location is
+    # the one that names what is actually wrong.
+    err = max(exc.errors(), key=lambda e: len(e.get("loc", ())))
+    param = param_path([str(p) for p in err.get("loc", ())], tags)
+    msg = err.get("msg", "invalid value").removeprefix("Value error, ")
+    return APIError(400, f"{param}: {msg}" if param else msg, param=param, code="invalid_value")
+
+
+def param_path(loc: list[str], tags: frozenset[str] = frozenset()) -> str | None:
+    """pydantic's location -> ``messages[0].content[1]`` style. A tag is
+    skipped where a union's member is chosen: after a list index, or as the
+    first part below a field (a field's own name never repeats its parent's tag)."""
+    out = ""
+    for i, p in enumerate(loc):
+        if p in tags and i > 0 and loc[i - 1] not in tags and (loc[i - 1].isdigit() or i + 1 < len(loc)):
+            continue
+        if p.isdigit():
+            out += f"[{p}]"
+        elif p in ("str", "list", "function-after", "none") or "[" in p:
+            continue  # union branch names, not fields
+        else:
+            out += ("." if out else "") + p
+    return out or None
+
+
+def parse_model(model: type[M], raw: bytes, *, refused: dict[str, str] | None = None, tags: frozenset[str] = frozenset()) -> M:
+    """``raw`` as ``model``; a field in ``refused`` set to anything but null
+    is a 400 naming it, with the reason given."""
+    data = json_object(raw)
+    for name, why in (refused or {}).items():
+        if data.get(name) is not None:
+            raise APIError(400, f"{name}: {why}", param=name, code="unsupported_parameter")
+    return validate(model, data, tags=tags)
