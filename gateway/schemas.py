@@ -7,10 +7,9 @@ send many we don't use.
 
 from __future__ import annotations
 
-import json
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from protocol.messages import SamplingParams
 
@@ -26,6 +25,7 @@ from .agent_fields import (
     wire_response_format,
     wire_tool_choice,
 )
+from .body import json_object, validate
 from .errors import APIError
 
 MAX_STOP_SEQUENCES = 16
@@ -207,43 +207,20 @@ class ChatCompletionRequest(_Strict):
 
 def parse_chat_request(raw: bytes) -> ChatCompletionRequest:
     """Bytes -> validated request, or an APIError(400) naming the problem."""
-    try:
-        data = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise APIError(400, f"request body is not valid JSON: {exc}", code="invalid_json") from None
-    if not isinstance(data, dict):
-        raise APIError(400, "request body must be a JSON object", code="invalid_json")
+    data = json_object(raw)
     refused = refused_field(data)
     if refused is not None:
         raise APIError(400, f"{refused[0]}: {refused[1]}", param=refused[0], code="unsupported_parameter")
-    try:
-        body = ChatCompletionRequest.model_validate(data)
-    except ValidationError as exc:
-        # For unions pydantic reports every branch; the deepest location is
-        # the one that names what is actually wrong.
-        err = max(exc.errors(), key=lambda e: len(e.get("loc", ())))
-        loc = [str(p) for p in err.get("loc", ())]
-        param = _param_path(loc)
-        msg = err.get("msg", "invalid value").removeprefix("Value error, ")
-        raise APIError(400, f"{param}: {msg}" if param else msg, param=param, code="invalid_value") from None
+    return chat_request(data)
+
+
+def chat_request(data: dict[str, Any]) -> ChatCompletionRequest:
+    """A chat body (parsed, or translated from another API's request) ->
+    validated request, or an APIError(400) naming the problem."""
+    body = validate(ChatCompletionRequest, data, tags=UNION_TAGS)
     body.check_together()
     return body
 
 
 # Discriminator values pydantic puts in an error's location after the union.
-_UNION_TAGS = frozenset({"text", "image_url", "video_url", "json_object", "json_schema"})
-
-
-def _param_path(loc: list[str]) -> str | None:
-    """pydantic's location -> ``messages[0].content`` style."""
-    out = ""
-    for i, p in enumerate(loc):
-        if p in _UNION_TAGS and i > 0 and (loc[i - 1].isdigit() or loc[i - 1] == "response_format"):
-            continue
-        if p.isdigit():
-            out += f"[{p}]"
-        elif p in ("str", "list", "function-after", "none") or "[" in p:
-            continue  # union branch names, not fields
-        else:
-            out += ("." if out else "") + p
-    return out or None
+UNION_TAGS = frozenset({"text", "image_url", "video_url", "json_object", "json_schema"})

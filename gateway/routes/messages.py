@@ -14,9 +14,8 @@ from fastapi.responses import Response
 
 from ..anthropic_format import CountTokensReply, MessagesReply
 from ..anthropic_schema import CountTokensRequest, MessagesRequest, parse_count_tokens_request, parse_messages_request, to_chat
-from ..body import validate
 from ..dispatch import Generation, generate, new_request_id, refuse_if_draining
-from ..schemas import ChatCompletionRequest
+from ..schemas import chat_request
 from .chat import chat_wire
 
 router = APIRouter()
@@ -24,7 +23,7 @@ router = APIRouter()
 
 async def _wire(request: Request, body: MessagesRequest | CountTokensRequest):
     chat, names = to_chat(body)
-    return await chat_wire(request, validate(ChatCompletionRequest, chat), new_request_id(request, "msg_"), names=names)
+    return await chat_wire(request, chat_request(chat), new_request_id(request, "msg_"), names=names)
 
 
 @router.post("/v1/messages")
