@@ -17,7 +17,7 @@ from mlx_lm.generate import BatchGenerator, StopSequences
 from protocol.messages import CacheInfo, ChatRequest, ErrorInfo, RequestOutput
 
 from .generation_config import Sampling, SamplingDefaults, build_defaults
-from .kv.manager import Plan, PromptCacheManager
+from .kv.manager import ControlError, Plan, PromptCacheManager
 from .prompt import PromptError, render_prompt, template_variables
 from .raw_prompt import render_raw
 from .sampling import make_logits_processors, make_sampler
@@ -63,6 +63,8 @@ class Scheduler:
         self.sampling_defaults = sampling_defaults or build_defaults(None)
         self.template_defaults = template_defaults or {}
         self.kv = kv
+        if kv is not None:
+            kv.bind_model(model)  # loaded caches are checked against the model's own layout
         self.model_id = model_id
         self.context_length = context_length
         self.limits = limits
@@ -135,7 +137,11 @@ class Scheduler:
             self.counters.finished += 1
             return prompt_only(req.request_id, n_prompt)
 
-        plan = self.kv.plan(req, prompt.token_ids, prompt.system_tokens) if self.kv else Plan(CacheInfo("disabled", 0, n_prompt))
+        try:
+            plan = self.kv.plan(req, prompt.token_ids, prompt.system_tokens) if self.kv else Plan(CacheInfo("disabled", 0, n_prompt))
+        except ControlError as exc:  # its saved cache is damaged: this request alone fails
+            self.counters.rejected += 1
+            return rejection(req.request_id, ErrorInfo(str(exc), param="conversation", code=exc.code, status=exc.status))
         cached = plan.info.cached_tokens
         seq = Sequence(
             request=req,

@@ -17,7 +17,8 @@ from protocol.messages import CacheInfo, ChatRequest
 from . import files
 from .conversations import Conversation, ConversationLimits, ConversationStore
 from .prefix import PrefixCache
-from .views import Cache, cache_nbytes
+from .validate import Reference, reference_for
+from .views import Cache, cache_length, cache_nbytes
 
 log = logging.getLogger("kmlx.worker.kv")
 
@@ -55,14 +56,28 @@ class PromptCacheManager:
         self.tokenizer_hash = tokenizer_hash
         self.store = ConversationStore(config.limits)
         self.prefix = PrefixCache(config.prefix_dir, model_id) if config.enabled and config.prefix_enabled else None
-        if self.prefix is not None:
-            self.prefix.load()
+        self.reference: Reference | None = None  # this model's cache layout, once bound
+        for d in (config.disk_dir, config.prefix_dir):
+            files.remove_stale_temporaries(d)  # left by a process killed mid-save
         self.hits = 0
         self.cached_tokens_served = 0
         self._busy: set[str] = set()  # conversations with a request running
 
+    def bind_model(self, model: Any) -> None:
+        """Learn the model's cache layout (every loaded file is checked
+        against it), then adopt the system-prefix cache from disk."""
+        try:
+            self.reference = reference_for(model)
+        except Exception as exc:  # an exotic model: files are still checked for consistency
+            log.warning("could not derive the model's cache layout (%s); loaded caches get structural checks only", exc)
+        if self.prefix is not None:
+            self.prefix.load(self.reference)
+
     # ------------------------------------------------------------------ #
     def plan(self, req: ChatRequest, prompt: list[int], system_len: int) -> Plan:
+        """What this request can reuse. Raises ControlError (4xx naming the
+        conversation) when its saved cache is damaged: that request alone
+        fails, and the file is quarantined so the next one starts fresh."""
         n = len(prompt)
         conv_id = req.conversation_id
         if not self.config.enabled or req.reset_conversation:
@@ -73,9 +88,9 @@ class PromptCacheManager:
             # Another request of this conversation is running: this one runs
             # uncached and does not commit, so neither corrupts the other.
             return Plan(CacheInfo("disabled", 0, n))
-        self._busy.add(conv_id)
         if self.store.get(conv_id) is None:
             self._load_saved(conv_id)
+        self._busy.add(conv_id)
         reuse = self.store.lookup(conv_id, prompt)
         plan = Plan(CacheInfo(reuse.mode, reuse.cached_tokens, n - reuse.cached_tokens), reuse.cache, conv_id, system_len)
         plan = self._with_prefix(plan, prompt, system_len)
@@ -146,9 +161,12 @@ class PromptCacheManager:
         }
         try:
             path, size = files.save_cache(d, stem, conv.cache, meta)
-        except OSError as exc:
-            raise ControlError(f"could not save: {exc.strerror or exc}", 507, "disk_error") from None
-        return {"status": "saved", "id": conv_id, "path": str(path), "bytes": size, "tokens": len(conv.tokens)}
+        except OSError as exc:  # the partial files are gone already (files.temporary_file)
+            if files.is_disk_full(exc):
+                raise ControlError(f"the disk is full; conversation {conv_id!r} was not saved", 507, "disk_full") from None
+            raise ControlError(f"could not save conversation {conv_id!r}: {exc.strerror or exc}", 507, "disk_error") from None
+        # The file name, not the server's absolute path (clients need no more).
+        return {"status": "saved", "id": conv_id, "path": path.name, "bytes": size, "tokens": len(conv.tokens)}
 
     def load(self, args: dict[str, Any]) -> dict[str, Any]:
         conv_id, stem = self._stem(args)
@@ -158,25 +176,49 @@ class PromptCacheManager:
         return {"status": "loaded", "id": conv_id, "tokens": len(conv.tokens)}
 
     def _load_saved(self, conv_id: str, *, strict: bool = False) -> Conversation | None:
+        """Adopt a saved conversation. A damaged file is quarantined and
+        raises ControlError; another model's file is refused (``strict``)
+        or ignored (a chat turn then starts fresh)."""
+        d, stem = self.config.disk_dir, files.safe_name(conv_id)
         try:
             saved = files.load_cache(
-                self.config.disk_dir, files.safe_name(conv_id), model_id=self.model_id, tokenizer_hash=self.tokenizer_hash
+                d, stem, model_id=self.model_id, tokenizer_hash=self.tokenizer_hash,
+                reference=self.reference, max_bytes=self.config.limits.max_bytes + (16 << 20),
             )
+            conv = None if saved is None else self._conversation(saved)
         except files.CacheFileError as exc:
+            if exc.damaged:
+                moved = files.quarantine(d, stem)
+                log.warning("saved cache of conversation %s is damaged (%s); moved to %s", conv_id, exc,
+                            ", ".join(str(p) for p in moved) or "nowhere (deleted)")
+                raise ControlError(
+                    f"the saved cache of conversation {conv_id!r} is damaged and was set aside ({exc}); "
+                    "the next request starts this conversation afresh", exc.status, exc.code,
+                ) from None
             if strict:
-                raise ControlError(str(exc), exc.status, exc.code) from None
+                raise ControlError(f"conversation {conv_id!r}: {exc}", exc.status, exc.code) from None
             log.warning("not reusing saved cache of %s: %s", conv_id, exc)
             return None
-        if saved is None:
-            return None
-        m = saved.meta
-        conv = Conversation(list(m.get("tokens", [])), saved.cache, list(m.get("boundaries", [])), list(m.get("hashes", [])))
-        if len(conv.tokens) != (saved.cache[0].offset if saved.cache else -1):
-            if strict:
-                raise ControlError("cache file does not match its metadata", 422, "cache_file_corrupt")
-            return None
-        self.store.put(conv_id, conv)
+        if conv is not None:
+            self.store.put(conv_id, conv)
         return conv
+
+    def _conversation(self, saved: files.SavedCache) -> Conversation:
+        """The sidecar's record, checked against the cache it describes."""
+        m = saved.meta
+        tokens, boundaries, hashes = m.get("tokens"), m.get("boundaries", []), m.get("hashes", [])
+        vocab = self.reference.vocab_size if self.reference is not None else None
+        ok = (
+            isinstance(tokens, list)
+            and all(type(t) is int and 0 <= t and (vocab is None or t < vocab) for t in tokens)
+            and isinstance(boundaries, list) and all(type(b) is int for b in boundaries)
+            and isinstance(hashes, list) and all(isinstance(h, str) for h in hashes)
+        )
+        if not ok:
+            raise files.CacheFileError("cache metadata has malformed tokens, boundaries or hashes")
+        if len(tokens) != cache_length(saved.cache):  # type: ignore[arg-type]
+            raise files.CacheFileError("cache file does not match its metadata (token count)")
+        return Conversation(list(tokens), saved.cache, list(boundaries), list(hashes))  # type: ignore[arg-type]
 
     def stats(self, _args: dict[str, Any]) -> dict[str, Any]:
         items = []
@@ -214,6 +256,8 @@ class PromptCacheManager:
                 saved += 1
             except ControlError as exc:
                 log.warning("not saving %s at shutdown: %s", conv_id, exc)
+            except Exception:  # one bad conversation must not cost the others theirs
+                log.exception("not saving %s at shutdown", conv_id)
         return saved
 
     def summary(self) -> dict[str, Any]:

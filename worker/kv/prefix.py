@@ -11,15 +11,15 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import re
-import tempfile
 from pathlib import Path
+from typing import BinaryIO
 
 import mlx.core as mx
-from mlx_lm.models.cache import load_prompt_cache, save_prompt_cache
+from mlx_lm.models.cache import save_prompt_cache
 
-from .files import tokens_hash
+from .files import read_regular, tokens_hash, write_atomic
+from .validate import Reference, parse_cache
 from .views import Cache, prefix_view
 
 log = logging.getLogger("kmlx.worker.prefix")
@@ -38,16 +38,19 @@ class PrefixCache:
     def files(self) -> list[Path]:
         return [self.path, Path(f"{self.path}.len"), Path(f"{self.path}.hash")]
 
-    def load(self) -> None:
-        """Adopt the files on disk if they are whole and consistent."""
-        if not all(p.exists() for p in self.files):
-            return
+    def load(self, reference: Reference | None = None, max_bytes: int = 4 << 30) -> None:
+        """Adopt the files on disk if they are whole, consistent and fit the
+        model (read and evaluated now: nothing is read from them later)."""
         try:
-            cache, meta = load_prompt_cache(str(self.path), return_metadata=True)
+            raw = [read_regular(p, max_bytes if p == self.path else 1 << 10) for p in self.files]
+            if any(r is None for r in raw):
+                return
+            cache, meta = parse_cache(raw[0], reference)  # type: ignore[arg-type]
             tokens = json.loads(meta["tokens"])
             ok = (
-                Path(f"{self.path}.hash").read_text().strip() == tokens_hash(tokens)
-                and int(Path(f"{self.path}.len").read_text().strip()) == len(tokens)
+                isinstance(tokens, list)
+                and raw[2].decode().strip() == tokens_hash(tokens)  # type: ignore[union-attr]
+                and int(raw[1].decode().strip()) == len(tokens)  # type: ignore[union-attr]
                 and cache[0].offset == len(tokens)
             )
         except Exception as exc:  # damaged files are rebuilt, never trusted
@@ -78,14 +81,13 @@ class PrefixCache:
         prefix_tokens = tokens[:system_len]
         try:
             self._write(prefix_tokens, view)
-        except OSError as exc:  # a full disk must not fail the request
+        except Exception as exc:  # a full disk must not fail the request (nor the batch it finished in)
             log.warning("could not save the system-prefix cache: %s", exc)
             return
         self.tokens, self.cache = prefix_tokens, view
         self.saves += 1
 
     def _write(self, tokens: list[int], cache: Cache) -> None:
-        self.directory.mkdir(parents=True, exist_ok=True)
         # Materialise exactly the prefix (a view may share longer arrays).
         sliced = []
         for c in cache:
@@ -94,18 +96,16 @@ class PrefixCache:
             c2 = type(c)()
             c2.keys, c2.values, c2.offset = k, v, c.offset
             sliced.append(c2)
-        fd, tmp = tempfile.mkstemp(dir=self.directory, prefix=".prefix.", suffix=".safetensors")
-        os.close(fd)
-        try:
-            save_prompt_cache(tmp, sliced, {"tokens": json.dumps(tokens)})
-            # Remove the old sidecars first: a crash in between leaves files
-            # that fail the consistency check instead of a wrong pairing.
-            for p in self.files[1:]:
-                p.unlink(missing_ok=True)
-            os.replace(tmp, self.path)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-        for p, text in ((self.files[1], str(len(tokens))), (self.files[2], tokens_hash(tokens))):
-            p.write_text(text)
+
+        def data(f: BinaryIO) -> None:
+            save_prompt_cache(f, sliced, {"tokens": json.dumps(tokens)})  # type: ignore[arg-type]
+
+        length, digest = str(len(tokens)).encode(), tokens_hash(tokens).encode()
+        # All three are written before any is renamed; a crash between the
+        # renames leaves files that fail the consistency check on load.
+        write_atomic(self.directory, {
+            self.path.name: data,
+            self.files[1].name: lambda f: f.write(length),
+            self.files[2].name: lambda f: f.write(digest),
+        })
         log.info("saved system-prefix cache (%d tokens) to %s", len(tokens), self.path)
