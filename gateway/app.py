@@ -14,7 +14,7 @@ from .config import GatewayConfig
 from .errors import install_error_handlers
 from .operations import install_operations
 from .pool import WorkerPool
-from .routes import chat, conv_kv, messages, models
+from .routes import chat, completions, conv_kv, messages, models
 
 log = logging.getLogger("kmlx.gateway")
 
@@ -40,6 +40,7 @@ def create_app(config: GatewayConfig) -> FastAPI:
     install_operations(app, config.ops, pool)  # metrics, request log, API key, CORS, body cap, request ids
     app.include_router(chat.router)
     app.include_router(messages.router)
+    app.include_router(completions.router)
     app.include_router(models.router)
     app.include_router(conv_kv.router)
     return app

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import re
+from typing import Protocol
 
 from fastapi import Request
 
 from .errors import APIError
-from .schemas import ChatCompletionRequest
 
 MAX_ID_LENGTH = 256
 DEFAULT_ID = "_default"
@@ -29,7 +29,14 @@ def validate_conversation_id(value: str, *, param: str) -> str:
     return value
 
 
-def resolve_conversation_id(body: ChatCompletionRequest, request: Request, *, auto_id: bool) -> str:
+class NamesConversation(Protocol):
+    """A request body with kmlx's conversation fields (chat, completions, ...)."""
+
+    conversation: str | None
+    conversation_id: str | None
+
+
+def resolve_conversation_id(body: NamesConversation, request: Request, *, auto_id: bool) -> str:
     """Body ``conversation`` -> body ``conversation_id`` -> header
     ``X-Conversation-Id`` -> ``client:<ip>`` (auto-id on) -> ``_default``."""
     for value, param in (

@@ -88,13 +88,9 @@ class StreamOptions(_Strict):
     include_usage: bool | None = None
 
 
-class ChatCompletionRequest(_Strict):
-    model: str | None = None
-    messages: list[Message] = Field(min_length=1)
-    stream: bool | None = False
-    stream_options: StreamOptions | None = None
-    max_tokens: int | None = Field(default=None, ge=1)
-    max_completion_tokens: int | None = Field(default=None, ge=1)
+class SamplingFields(_Strict):
+    """The sampling fields chat and legacy completions share."""
+
     temperature: float | None = Field(default=None, ge=0.0, le=2.0)
     top_p: float | None = Field(default=None, gt=0.0, le=1.0)
     top_k: int | None = Field(default=None, ge=0)
@@ -102,24 +98,9 @@ class ChatCompletionRequest(_Strict):
     repetition_penalty: float | None = Field(default=None, gt=0.0, le=10.0)
     seed: int | None = Field(default=None, ge=-(2**63), le=2**64 - 1)
     stop: Union[str, list[str], None] = None
-    n: int | None = Field(default=None, ge=1, le=1)
-    logprobs: bool | None = None
-    top_logprobs: int | None = Field(default=None, ge=0, le=TOP_LOGPROBS_MAX)
     presence_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
     frequency_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
     logit_bias: dict[str, float] | None = None
-    tools: list[FunctionTool] | None = Field(default=None, max_length=MAX_TOOLS)
-    tool_choice: ToolChoiceField | None = None
-    parallel_tool_calls: bool | None = None
-    response_format: ResponseFormatField | None = None
-    chat_template_kwargs: dict[str, Any] | None = None
-    reasoning_effort: Literal["none", "minimal", "low", "medium", "high", "xhigh", "max"] | None = None
-    # kmlx / seed extensions
-    strip_thinking: bool | None = None
-    conversation: str | None = None
-    conversation_id: str | None = None
-    reset_conversation: bool | None = None
-    images: list[str] | None = None
     ignore_eos: bool | None = None  # like vLLM's: for benchmarks
 
     @field_validator("stop")
@@ -140,19 +121,11 @@ class ChatCompletionRequest(_Strict):
         check_logit_bias(v)
         return v
 
-    @field_validator("chat_template_kwargs")
-    @classmethod
-    def _template_kwargs(cls, v: dict[str, Any] | None) -> dict[str, Any] | None:
-        return check_template_kwargs(v)
-
-    def completion_budget(self) -> int | None:
-        return self.max_completion_tokens if self.max_completion_tokens is not None else self.max_tokens
-
-    def sampling(self) -> SamplingParams:
+    def sampling_params(self, *, max_tokens: int | None, logprobs: bool = False, top_logprobs: int = 0, n: int = 1) -> SamplingParams:
         """Unset fields stay None: the worker defaults them from the model's
         generation_config.json, then its flags (worker/generation_config.py)."""
         return SamplingParams(
-            max_tokens=self.completion_budget(),
+            max_tokens=max_tokens,
             temperature=self.temperature,
             top_p=self.top_p,
             top_k=self.top_k,
@@ -164,9 +137,46 @@ class ChatCompletionRequest(_Strict):
             seed=self.seed,
             stop=list(self.stop or []),  # type: ignore[arg-type]
             ignore_eos=bool(self.ignore_eos),
-            logprobs=bool(self.logprobs),
-            top_logprobs=self.top_logprobs or 0,
-            n=self.n or 1,
+            logprobs=logprobs,
+            top_logprobs=top_logprobs,
+            n=n,
+        )
+
+
+class ChatCompletionRequest(SamplingFields):
+    model: str | None = None
+    messages: list[Message] = Field(min_length=1)
+    stream: bool | None = False
+    stream_options: StreamOptions | None = None
+    max_tokens: int | None = Field(default=None, ge=1)
+    max_completion_tokens: int | None = Field(default=None, ge=1)
+    n: int | None = Field(default=None, ge=1, le=1)
+    logprobs: bool | None = None
+    top_logprobs: int | None = Field(default=None, ge=0, le=TOP_LOGPROBS_MAX)
+    tools: list[FunctionTool] | None = Field(default=None, max_length=MAX_TOOLS)
+    tool_choice: ToolChoiceField | None = None
+    parallel_tool_calls: bool | None = None
+    response_format: ResponseFormatField | None = None
+    chat_template_kwargs: dict[str, Any] | None = None
+    reasoning_effort: Literal["none", "minimal", "low", "medium", "high", "xhigh", "max"] | None = None
+    # kmlx / seed extensions
+    strip_thinking: bool | None = None
+    conversation: str | None = None
+    conversation_id: str | None = None
+    reset_conversation: bool | None = None
+    images: list[str] | None = None
+
+    @field_validator("chat_template_kwargs")
+    @classmethod
+    def _template_kwargs(cls, v: dict[str, Any] | None) -> dict[str, Any] | None:
+        return check_template_kwargs(v)
+
+    def completion_budget(self) -> int | None:
+        return self.max_completion_tokens if self.max_completion_tokens is not None else self.max_tokens
+
+    def sampling(self) -> SamplingParams:
+        return self.sampling_params(
+            max_tokens=self.completion_budget(), logprobs=bool(self.logprobs), top_logprobs=self.top_logprobs or 0, n=self.n or 1,
         )
 
     def agent_fields(self) -> dict[str, Any]:
