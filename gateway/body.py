@@ -17,14 +17,56 @@ from .errors import APIError
 M = TypeVar("M", bound=BaseModel)
 
 
+MAX_JSON_DEPTH = 64  # nested arrays/objects; deep enough for any tool's JSON schema
+
+
 def json_object(raw: bytes) -> dict[str, Any]:
+    """A JSON object, nested at most ``MAX_JSON_DEPTH`` deep and holding only
+    text the worker's wire format can carry (no lone UTF-16 surrogates):
+    past this point nothing recurses without bound or fails to encode."""
     try:
         data = json.loads(raw)
+    except RecursionError:
+        raise _too_deep() from None
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise APIError(400, f"request body is not valid JSON: {exc}", code="invalid_json") from None
     if not isinstance(data, dict):
         raise APIError(400, "request body must be a JSON object", code="invalid_json")
+    _check_structure(data)
     return data
+
+
+def _too_deep() -> APIError:
+    return APIError(400, f"request body is nested more than {MAX_JSON_DEPTH} levels deep", code="json_too_deep")
+
+
+def _check_structure(data: Any) -> None:
+    """Depth and text, checked without recursion (one pass, every value once)."""
+    stack: list[tuple[Any, int]] = [(data, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if isinstance(value, str):
+            _check_text(value)
+        elif isinstance(value, (dict, list)):
+            if depth > MAX_JSON_DEPTH:
+                raise _too_deep()
+            if isinstance(value, dict):
+                for key in value:
+                    _check_text(key)
+                children = value.values()
+            else:
+                children = value
+            stack.extend((child, depth + 1) for child in children if isinstance(child, (str, dict, list)))
+
+
+def _check_text(text: str) -> None:
+    if text.isascii():
+        return
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise APIError(400, "request body contains a lone UTF-16 surrogate (\\ud800-\\udfff): not valid Unicode text",
+                       code="invalid_value") from None
 
 
 def validate(model: type[M], data: dict[str, Any], *, tags: frozenset[str] = frozenset()) -> M:

@@ -91,7 +91,8 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         message = {404: "no such endpoint", 405: "method not allowed"}.get(exc.status_code, str(exc.detail))
-        return APIError(exc.status_code, message).response(path=request.url.path)
+        # Starlette's headers travel on (a 405's Allow: the methods the path has).
+        return APIError(exc.status_code, message).response(dict(exc.headers or {}), path=request.url.path)
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:

@@ -266,6 +266,9 @@ def _check_video(data: bytes, param: str, config: MediaConfig) -> str:
             if not container.streams.video:
                 raise APIError(400, f"{param}: the file has no video stream", param=param, code="invalid_video")
             stream = container.streams.video[0]
+            if stream.codec_context is None:  # e.g. an SVG: FFmpeg sees a "video" it has no decoder for
+                raise APIError(400, f"{param}: the file has no video stream this server can decode ({container.format.name})",
+                               param=param, code="invalid_video")
             w, h = stream.codec_context.width, stream.codec_context.height
             fmt = (container.format.name or "").split(",")[0]
     except APIError:

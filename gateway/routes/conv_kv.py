@@ -7,11 +7,11 @@ as chat requests); `stats` asks every worker and merges the lists.
 from __future__ import annotations
 
 import asyncio
-import json
 from typing import Any
 
 from fastapi import APIRouter, Request
 
+from ..body import json_object
 from ..conversation import validate_conversation_id
 from ..errors import APIError
 from ..pool import NoWorkerAvailable, WorkerPool
@@ -21,14 +21,7 @@ router = APIRouter(prefix="/v1/conv_kv")
 
 
 async def _body(request: Request) -> dict[str, Any]:
-    raw = await request.body()
-    try:
-        data = json.loads(raw or b"{}")
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise APIError(400, f"request body is not valid JSON: {exc}", code="invalid_json") from None
-    if not isinstance(data, dict):
-        raise APIError(400, "request body must be a JSON object", code="invalid_json")
-    return data
+    return json_object(await request.body() or b"{}")
 
 
 def _conversation_id(data: dict[str, Any]) -> str:

@@ -37,7 +37,7 @@ def _model_object(model_id: str, worker: WorkerClient) -> dict[str, Any]:
     return {"id": model_id, "object": "model", "created": info.created, "owned_by": "kmlx"}
 
 
-@router.get("/health")
+@router.api_route("/health", methods=["GET", "HEAD"])  # load balancers probe with HEAD
 async def health(request: Request) -> JSONResponse:
     pool: WorkerPool = request.app.state.pool
     workers = [
