@@ -11,7 +11,7 @@ from typing import Any, Iterable
 
 import msgspec
 
-from protocol.messages import RequestOutput, Usage
+from protocol.messages import RequestOutput, ToolCallDelta, Usage
 
 from .dispatch import Admitted, joined_text
 from .errors import APIError
@@ -50,10 +50,14 @@ def completion(
     finish_reason: str,
     usage: Usage,
     conversation_id: str | None,
+    tool_calls: list[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
-    message: dict[str, Any] = {"role": "assistant", "content": content, "refusal": None}
+    # With tool calls and no text before them, OpenAI's content is null.
+    message: dict[str, Any] = {"role": "assistant", "content": content if content or not tool_calls else None, "refusal": None}
     if reasoning:
         message["reasoning_content"] = reasoning
+    if tool_calls:
+        message["tool_calls"] = tool_calls
     return {
         "id": request_id,
         "object": "chat.completion",
@@ -77,12 +81,14 @@ class ChunkWriter:
     def role(self) -> bytes:
         return self._event([{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None, "logprobs": None}])
 
-    def delta(self, content: str, reasoning: str) -> bytes:
+    def delta(self, content: str, reasoning: str, tool_calls: list[dict[str, Any]] | None = None) -> bytes:
         delta: dict[str, Any] = {}
         if content:
             delta["content"] = content
         if reasoning:
             delta["reasoning_content"] = reasoning
+        if tool_calls:
+            delta["tool_calls"] = tool_calls
         return self._event([{"index": 0, "delta": delta, "finish_reason": None, "logprobs": None}])
 
     def finish(self, reason: str) -> bytes:
@@ -104,6 +110,43 @@ class ChunkWriter:
         return b": keep-alive\n\n"
 
 
+def stream_tool_calls(outs: list[RequestOutput]) -> list[dict[str, Any]]:
+    """Tool-call pieces in OpenAI's delta shape: a call's first piece carries
+    ``id``, ``type`` and ``function.name``; the rest ``function.arguments``.
+    Pieces of one call that arrived together are joined."""
+    merged: list[dict[str, Any]] = []
+    for piece in _pieces(outs):
+        last = merged[-1] if merged else None
+        if last is not None and last["index"] == piece.index and piece.id is None:
+            last["function"]["arguments"] += piece.arguments
+            continue
+        item: dict[str, Any] = {"index": piece.index, "function": {"arguments": piece.arguments}}
+        if piece.id is not None:
+            item["id"] = piece.id
+            item["type"] = "function"
+            item["function"]["name"] = piece.name or ""
+        merged.append(item)
+    return merged
+
+
+def whole_tool_calls(outs: list[RequestOutput]) -> list[dict[str, Any]]:
+    """The complete calls of a reply, as ``message.tool_calls``."""
+    calls: dict[int, dict[str, Any]] = {}
+    for piece in _pieces(outs):
+        call = calls.setdefault(piece.index, {"id": "", "type": "function", "function": {"name": "", "arguments": ""}})
+        if piece.id is not None:
+            call["id"] = piece.id
+            call["function"]["name"] = piece.name or ""
+        call["function"]["arguments"] += piece.arguments
+    return [calls[i] for i in sorted(calls)]
+
+
+def _pieces(outs: list[RequestOutput]) -> Iterable[ToolCallDelta]:
+    for out in outs:
+        if out.tool_calls:
+            yield from out.tool_calls
+
+
 def finish_reason(out: RequestOutput) -> str:
     return out.finish_reason if out.finish_reason in ("stop", "length", "tool_calls") else "stop"
 
@@ -121,8 +164,9 @@ class ChatReply:
 
     def delta(self, outs: list[RequestOutput]) -> Iterable[bytes]:
         content, reasoning = joined_text(outs)
-        if content or reasoning:
-            yield self.writer.delta(content, reasoning)
+        calls = stream_tool_calls(outs)
+        if content or reasoning or calls:
+            yield self.writer.delta(content, reasoning, calls)
 
     def close(self, final: RequestOutput) -> Iterable[bytes]:
         yield self.writer.finish(finish_reason(final))
@@ -143,4 +187,5 @@ class ChatReply:
         return completion(
             request_id=a.request_id, model=a.model, created=a.created, content=content, reasoning=reasoning,
             finish_reason=finish_reason(final), usage=final.usage or Usage(), conversation_id=a.conversation_id,
+            tool_calls=whole_tool_calls(outs),
         )

@@ -57,6 +57,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--chat-template-kwargs", type=_json_object, default=None,
                    help='JSON object of chat-template variables for every request, e.g. \'{"enable_thinking": false}\' '
                         "(a request's chat_template_kwargs override them; variables the template does not read are skipped)")
+    g.add_argument("--grammar-cache-size", type=int, default=64,
+                   help="compiled grammars kept (response_format schemas, forced tool calls), least recently used dropped first")
     c = p.add_argument_group("prompt caching")
     c.add_argument("--disable-kv-cache", action="store_true", help="no conversation or prefix caching at all")
     c.add_argument("--enable-prefix-caching", action=argparse.BooleanOptionalAction, default=True,
@@ -194,6 +196,7 @@ def serve(args: argparse.Namespace, loaded) -> None:
         kv=_kv_manager(args, loaded, tokenizer_hash),
         sampling_defaults=_sampling_defaults(args, loaded),
         template_defaults=args.chat_template_kwargs,
+        grammar_cache_size=args.grammar_cache_size,
     )
     info = WorkerInfo(
         protocol_version=PROTOCOL_VERSION,

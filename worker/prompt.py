@@ -6,9 +6,12 @@ import hashlib
 import json
 import re
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .text_stream import THINK_OPEN
+
+if TYPE_CHECKING:
+    from .tool_format import ToolPlan
 
 
 class PromptError(ValueError):
@@ -106,12 +109,21 @@ def template_variables(
 def render_chat_text(
     tokenizer: Any,
     chat: list[dict[str, Any]],
-    tools: list[dict[str, Any]] | None = None,
+    tools: "ToolPlan | None" = None,
     variables: dict[str, Any] | None = None,
 ) -> str:
     """The model's chat template over ``chat``: a generation prompt after a
     user turn, or a continuation of a final assistant message (prefill).
+    ``tools``: how tools and tool history are shown (tool_format.py);
     ``variables``: extra template variables (``template_variables``)."""
+    if tools is not None:
+        chat = tools.chat(chat)
+    return _apply_template(tokenizer, chat, tools.template_tools() if tools is not None else None, variables)
+
+
+def _apply_template(
+    tokenizer: Any, chat: list[dict[str, Any]], tools: list[dict[str, Any]] | None, variables: dict[str, Any] | None
+) -> str:
     kwargs: dict[str, Any] = dict(variables or {})
     kwargs["add_generation_prompt"] = chat[-1]["role"] != "assistant"
     if chat[-1]["role"] == "assistant":
@@ -129,11 +141,13 @@ def render_prompt(
     messages: list[dict[str, Any]],
     *,
     model_id: str,
-    tools: list[dict[str, Any]] | None = None,
+    tools: "ToolPlan | None" = None,
     variables: dict[str, Any] | None = None,
 ) -> Prompt:
     chat = normalise_messages(messages, model_id=model_id)
-    text = render_chat_text(tokenizer, chat, tools, variables)
+    if tools is not None:
+        chat = tools.chat(chat)
+    text = _apply_template(tokenizer, chat, tools.template_tools() if tools is not None else None, variables)
     ids = tokenizer.encode(text, add_special_tokens=False)
     if not ids:
         raise PromptError("the rendered prompt is empty")

@@ -17,12 +17,15 @@ from mlx_lm.generate import BatchGenerator, StopSequences
 from protocol.messages import CacheInfo, ChatRequest, ErrorInfo, RequestOutput
 
 from .generation_config import Sampling, SamplingDefaults, build_defaults
+from .grammar import GrammarCompiler, GrammarError, GrammarProcessor, answer_schema, response_format_grammar, tool_call_grammar
 from .kv.manager import ControlError, Plan, PromptCacheManager
-from .prompt import PromptError, render_prompt, template_variables
+from .prompt import PromptError, render_prompt, template_source, template_variables
 from .raw_prompt import render_raw
 from .sampling import make_logits_processors, make_sampler
 from .sequence import Sequence, prompt_only, rejection
 from .text_stream import TextStream
+from .text_stream import THINK_CLOSE
+from .tool_format import FALLBACK, ToolPlan, detect as detect_tool_format
 
 
 @dataclass
@@ -58,10 +61,13 @@ class Scheduler:
         kv: PromptCacheManager | None = None,
         sampling_defaults: SamplingDefaults | None = None,
         template_defaults: dict[str, Any] | None = None,
+        grammar_cache_size: int = 64,
     ):
         self.tokenizer = tokenizer
         self.sampling_defaults = sampling_defaults or build_defaults(None)
         self.template_defaults = template_defaults or {}
+        self.tool_format = detect_tool_format(tokenizer, template_source(tokenizer))
+        self.grammars = GrammarCompiler(tokenizer, cache_size=grammar_cache_size)
         self.kv = kv
         if kv is not None:
             kv.bind_model(model)  # loaded caches are checked against the model's own layout
@@ -123,10 +129,16 @@ class Scheduler:
                 prompt = render_raw(self.tokenizer, req.prompt, req.suffix, vocab_size=self.vocab_size)
             else:
                 variables = self.template_variables(req)
-                prompt = render_prompt(self.tokenizer, req.messages, model_id=self.model_id, tools=req.tools, variables=variables)
+                prompt = render_prompt(self.tokenizer, req.messages, model_id=self.model_id, tools=self.tool_plan(req), variables=variables)
         except PromptError as exc:
             self.counters.rejected += 1
             return rejection(req.request_id, ErrorInfo(str(exc), param=exc.param, code=exc.code))
+
+        try:
+            constraint = self.constraint(req, prompt.starts_in_reasoning)
+        except GrammarError as exc:
+            self.counters.rejected += 1
+            return rejection(req.request_id, ErrorInfo(str(exc), param=exc.param, code="unsupported_schema"))
 
         n_prompt = len(prompt.token_ids)
         max_tokens = self.completion_budget(req, n_prompt, "the messages" if req.prompt is None else "the prompt", sampling=sampling)
@@ -149,13 +161,11 @@ class Scheduler:
             prompt=prompt,
             sampling=sampling,
             detokenizer=self.tokenizer.detokenizer,
-            text=TextStream.create(
-                req.sampling.stop, strip_thinking=req.strip_thinking, starts_in_reasoning=prompt.starts_in_reasoning,
-                split_thinking=req.prompt is None,
-            ),
+            text=self.text_stream(req, prompt.starts_in_reasoning),
             max_tokens=max_tokens,
             cache=plan.info,
             plan=plan,
+            constraint=constraint,
         )
         self._insert(seq, prompt.token_ids[cached:], plan.cache, prompt.token_ids[:cached])
         self.counters.admitted += 1
@@ -173,12 +183,49 @@ class Scheduler:
             all_tokens=[cached_tokens],
             max_tokens=[seq.max_tokens],
             samplers=[make_sampler(seq.sampling)],
-            logits_processors=[make_logits_processors(seq.sampling)],
+            logits_processors=[make_logits_processors(seq.sampling) + ([seq.constraint] if seq.constraint else [])],
             stop_sequences=[self._no_stop if seq.request.sampling.ignore_eos else self._eos_stop],
         )
         seq.uid = uid
         self._by_uid[uid] = seq
         self._by_id[seq.request_id] = seq
+
+    def tool_plan(self, req: ChatRequest) -> ToolPlan:
+        """How this request's tools and tool history go into the prompt
+        (tool_format.py). A forced call in a family whose format kmlx cannot
+        enforce uses the fallback format for that request."""
+        fmt = self.tool_format
+        if req.tool_choice.mode in ("required", "function") and req.tools and not fmt.constrainable:
+            fmt = FALLBACK
+        return ToolPlan(fmt, req.tools or [], req.tool_choice, req.parallel_tool_calls)
+
+    def constraint(self, req: ChatRequest, starts_in_reasoning: bool) -> GrammarProcessor | None:
+        """The grammar this request's output must follow, if any (grammar.py);
+        raises GrammarError naming what cannot be enforced."""
+        plan = self.tool_plan(req)
+        forced = plan.offered and req.tool_choice.mode in ("required", "function")
+        fmt = req.response_format
+        if forced:
+            grammar, param = tool_call_grammar(plan), "tools"
+        elif fmt.type != "text" and plan.offered and plan.format.constrainable:
+            grammar, param = tool_call_grammar(plan, answer=answer_schema(fmt)), "response_format"
+        elif fmt.type != "text":
+            grammar, param = response_format_grammar(fmt), "response_format"
+        else:
+            return None
+        matcher = self.grammars.matcher(grammar, param)
+        gate = THINK_CLOSE.encode() if starts_in_reasoning else None
+        return GrammarProcessor(matcher, self.grammars.tokenizer(param), gate=gate)
+
+    def text_stream(self, req: ChatRequest, starts_in_reasoning: bool) -> TextStream:
+        """The request's output pipeline: stop strings, <think> split, tool calls."""
+        chat = req.prompt is None
+        plan = self.tool_plan(req)
+        parser = plan.format.parser(req.tools, parallel=req.parallel_tool_calls) if chat and plan.offered else None
+        return TextStream.create(
+            req.sampling.stop, strip_thinking=req.strip_thinking, starts_in_reasoning=starts_in_reasoning,
+            split_thinking=chat, tools=parser,
+        )
 
     def template_variables(self, req: ChatRequest) -> dict[str, Any]:
         """Extra chat-template variables for this request; raises PromptError."""
@@ -277,7 +324,7 @@ class Scheduler:
         if seq.text.stopped:
             finish = "stop"
         if finish is None:
-            if content or reasoning or not seq.started_sent:
+            if content or reasoning or not seq.started_sent or seq.text.has_calls:
                 return seq.output(content, reasoning, tokens=1)
             return None
         tail_c, tail_r = seq.text.finish()
@@ -319,8 +366,4 @@ def _not_yet_supported(req: ChatRequest) -> ErrorInfo | None:
         return ErrorInfo("n > 1 is not supported yet", param="n", code="unsupported_parameter")
     if s.logprobs or s.top_logprobs:
         return ErrorInfo("logprobs are not supported yet", param="logprobs", code="unsupported_parameter")
-    if req.response_format.type != "text":
-        return ErrorInfo("response_format is not supported yet", param="response_format", code="unsupported_parameter")
-    if req.tool_choice.mode in ("required", "function"):
-        return ErrorInfo("tool_choice required/named is not supported yet", param="tool_choice", code="unsupported_parameter")
     return None

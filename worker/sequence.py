@@ -32,6 +32,7 @@ class Sequence:
     started_sent: bool = False
     finished: bool = False
     plan: Any = None  # the prompt-cache plan (worker.kv.manager.Plan)
+    constraint: Any = None  # a grammar.GrammarProcessor when the output must follow a grammar
     final_state: tuple[list[int], list] | None = None  # (tokens, KV cache) at a normal finish
 
     @property
@@ -41,6 +42,9 @@ class Sequence:
     def output(self, content: str = "", reasoning: str = "", tokens: int = 0) -> RequestOutput:
         """An output for this step; the first one also announces the cache decision."""
         out = RequestOutput(request_id=self.request_id, content=content, reasoning=reasoning, tokens=tokens)
+        calls = self.text.take_calls()
+        if calls:
+            out.tool_calls = calls
         if not self.started_sent:
             out.started = self.cache
             out.prompt_tokens = len(self.prompt.token_ids)
@@ -58,7 +62,8 @@ class Sequence:
         """The last output of a request. Every request ends through here."""
         self.finished = True
         out = self.output(content, reasoning, tokens)
-        out.finish_reason = reason
+        # A reply that called tools ends with "tool_calls" (OpenAI), unless cut short.
+        out.finish_reason = "tool_calls" if reason == "stop" and self.text.saw_calls else reason
         out.error = error
         out.usage = self.usage()
         out.stop_sequence = self.text.stop.matched

@@ -15,6 +15,12 @@ reaches the client as early as possible. Pure Python: unit-tested on its own.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from protocol.messages import ToolCallDelta
+
+    from .tool_parsers import ToolCallParser
 
 THINK_OPEN = "<think>"
 THINK_CLOSE = "</think>"
@@ -101,22 +107,41 @@ class ThinkSplitter:
 
 @dataclass
 class TextStream:
-    """Raw decoded text in; (content, reasoning) deltas out."""
+    """Raw decoded text in; (content, reasoning) deltas out. With ``tools``
+    (a tool_parsers.ToolCallParser) the answer text also yields tool-call
+    pieces, collected until ``take_calls``."""
 
     stop: StopFilter
     think: ThinkSplitter | None  # None: raw text, all of it content (legacy completions)
     strip_thinking: bool = False
+    tools: "ToolCallParser | None" = None
+    _calls: list["ToolCallDelta"] = field(default_factory=list)
 
     @classmethod
     def create(
         cls, stops: list[str], *, strip_thinking: bool, starts_in_reasoning: bool, split_thinking: bool = True,
+        tools: "ToolCallParser | None" = None,
     ) -> "TextStream":
         think = ThinkSplitter(starts_in_reasoning) if split_thinking else None
-        return cls(StopFilter(list(stops)), think, strip_thinking)
+        return cls(StopFilter(list(stops)), think, strip_thinking, tools)
 
     @property
     def stopped(self) -> bool:
-        return self.stop.stopped
+        """A stop string matched, or no more tool calls are wanted (parallel_tool_calls=false)."""
+        return self.stop.stopped or (self.tools is not None and self.tools.done)
+
+    @property
+    def saw_calls(self) -> bool:
+        return self.tools is not None and self.tools.saw_calls
+
+    @property
+    def has_calls(self) -> bool:
+        """Tool-call pieces are waiting for ``take_calls``."""
+        return bool(self._calls)
+
+    def take_calls(self) -> "list[ToolCallDelta]":
+        calls, self._calls = self._calls, []
+        return calls
 
     def feed(self, text: str) -> tuple[str, str]:
         if self.think is None:
@@ -128,8 +153,16 @@ class TextStream:
             return self.stop.flush(), ""
         c1, r1 = self.think.feed(self.stop.flush())
         c2, r2 = self.think.flush()
-        return self._route((c1 + c2, r1 + r2))
+        content, reasoning = self._route((c1 + c2, r1 + r2))
+        if self.tools is not None:
+            tail, calls = self.tools.finish()
+            self._calls += calls
+            content += tail
+        return content, reasoning
 
     def _route(self, parts: tuple[str, str]) -> tuple[str, str]:
         content, reasoning = parts
+        if self.tools is not None and content:
+            content, calls = self.tools.feed(content)
+            self._calls += calls
         return (content, "") if self.strip_thinking else (content, reasoning)

@@ -11,11 +11,14 @@ for is the length of that token sequence, image tokens included.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..prompt import PromptError, render_chat_text
 from ..text_stream import THINK_OPEN
 from .media import MediaError, MediaLimits, data_url_bytes, load_image, load_video_frames
+
+if TYPE_CHECKING:
+    from ..tool_format import ToolPlan
 
 MEDIA_KINDS = ("image_url", "input_image", "video_url")
 
@@ -95,7 +98,7 @@ def prepare_media(
     messages: list[dict[str, Any]],
     limits: MediaLimits,
     *,
-    tools: list[dict[str, Any]] | None = None,
+    tools: "ToolPlan | None" = None,
     variables: dict[str, Any] | None = None,
 ) -> PreparedMedia:
     """Decode every media part and render the chat template around

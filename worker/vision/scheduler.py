@@ -21,10 +21,10 @@ from typing import Any
 
 from protocol.messages import CacheInfo, ChatRequest, ErrorInfo, RequestOutput, Usage
 
+from ..grammar import GrammarError
 from ..prompt import Prompt, PromptError
 from ..scheduler import Scheduler, SchedulerLimits
 from ..sequence import Sequence, prompt_only, rejection
-from ..text_stream import TextStream
 from .batch_model import BatchView
 from .media import MediaError, MediaLimits
 from .media_thread import MediaThread
@@ -201,7 +201,8 @@ class VisionScheduler(Scheduler):
     def _prepare(self, req: ChatRequest) -> _Encoded:
         """Media thread: decode, template, processor, vision tower."""
         prepared = prepare_media(
-            self._media_processor.tokenizer, req.messages, self.media_limits, tools=req.tools, variables=self.template_variables(req)
+            self._media_processor.tokenizer, req.messages, self.media_limits, tools=self.tool_plan(req),
+            variables=self.template_variables(req),
         )
         vp = tokenize(self._media_processor, prepared)
         n = len(vp.token_ids)
@@ -243,15 +244,19 @@ class VisionScheduler(Scheduler):
             self.counters.finished += 1
             return prompt_only(req.request_id, n_prompt)
         assert not isinstance(sampling, ErrorInfo)
+        try:
+            constraint = self.constraint(req, enc.starts_in_reasoning)
+        except GrammarError as exc:
+            self.counters.rejected += 1
+            return rejection(req.request_id, ErrorInfo(str(exc), param=exc.param, code="unsupported_schema"))
         seq = Sequence(
             request=req,
             client=pending.client,
             prompt=Prompt(token_ids=enc.token_ids, starts_in_reasoning=enc.starts_in_reasoning),
             sampling=sampling,
             detokenizer=self.tokenizer.detokenizer,
-            text=TextStream.create(
-                req.sampling.stop, strip_thinking=req.strip_thinking, starts_in_reasoning=enc.starts_in_reasoning
-            ),
+            text=self.text_stream(req, enc.starts_in_reasoning),
+            constraint=constraint,
             max_tokens=max_tokens,
             cache=CacheInfo(mode="disabled", cached_tokens=0, processing_tokens=n_prompt),
         )
