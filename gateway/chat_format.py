@@ -11,7 +11,7 @@ from typing import Any, Iterable
 
 import msgspec
 
-from protocol.messages import RequestOutput, ToolCallDelta, Usage
+from protocol.messages import RequestOutput, TokenLogprob, ToolCallDelta, Usage
 
 from .dispatch import Admitted, joined_text
 from .errors import APIError
@@ -51,6 +51,7 @@ def completion(
     usage: Usage,
     conversation_id: str | None,
     tool_calls: list[dict[str, Any]] | None = None,
+    logprobs: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     # With tool calls and no text before them, OpenAI's content is null.
     message: dict[str, Any] = {"role": "assistant", "content": content if content or not tool_calls else None, "refusal": None}
@@ -63,7 +64,7 @@ def completion(
         "object": "chat.completion",
         "created": created,
         "model": model,
-        "choices": [{"index": 0, "message": message, "finish_reason": finish_reason, "logprobs": None}],
+        "choices": [{"index": 0, "message": message, "finish_reason": finish_reason, "logprobs": logprobs}],
         "usage": usage_json(usage),
         "metadata": {"conversation_id": conversation_id},
     }
@@ -81,7 +82,9 @@ class ChunkWriter:
     def role(self) -> bytes:
         return self._event([{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None, "logprobs": None}])
 
-    def delta(self, content: str, reasoning: str, tool_calls: list[dict[str, Any]] | None = None) -> bytes:
+    def delta(
+        self, content: str, reasoning: str, tool_calls: list[dict[str, Any]] | None = None, logprobs: dict[str, Any] | None = None,
+    ) -> bytes:
         delta: dict[str, Any] = {}
         if content:
             delta["content"] = content
@@ -89,7 +92,7 @@ class ChunkWriter:
             delta["reasoning_content"] = reasoning
         if tool_calls:
             delta["tool_calls"] = tool_calls
-        return self._event([{"index": 0, "delta": delta, "finish_reason": None, "logprobs": None}])
+        return self._event([{"index": 0, "delta": delta, "finish_reason": None, "logprobs": logprobs}])
 
     def finish(self, reason: str) -> bytes:
         return self._event([{"index": 0, "delta": {}, "finish_reason": reason, "logprobs": None}])
@@ -141,6 +144,25 @@ def whole_tool_calls(outs: list[RequestOutput]) -> list[dict[str, Any]]:
     return [calls[i] for i in sorted(calls)]
 
 
+def logprobs_json(outs: list[RequestOutput]) -> dict[str, Any] | None:
+    """OpenAI's ``choices[].logprobs`` for the tokens of these outputs (None when not asked for)."""
+    tokens = [lp for o in outs if o.logprobs for lp in o.logprobs]
+    if not tokens:
+        return None
+    return {"content": [_token_json(t) for t in tokens], "refusal": None}
+
+
+def _token_json(t: TokenLogprob) -> dict[str, Any]:
+    out = _alternative(t.token_bytes, t.logprob)
+    out["top_logprobs"] = [_alternative(a.token_bytes, a.logprob) for a in t.top]
+    return out
+
+
+def _alternative(raw: bytes, logprob: float) -> dict[str, Any]:
+    # ``token`` is text; a token holding part of a UTF-8 character shows U+FFFD there, ``bytes`` is exact.
+    return {"token": raw.decode("utf-8", "replace"), "logprob": logprob, "bytes": list(raw)}
+
+
 def _pieces(outs: list[RequestOutput]) -> Iterable[ToolCallDelta]:
     for out in outs:
         if out.tool_calls:
@@ -165,8 +187,9 @@ class ChatReply:
     def delta(self, outs: list[RequestOutput]) -> Iterable[bytes]:
         content, reasoning = joined_text(outs)
         calls = stream_tool_calls(outs)
-        if content or reasoning or calls:
-            yield self.writer.delta(content, reasoning, calls)
+        logprobs = logprobs_json(outs)
+        if content or reasoning or calls or logprobs:
+            yield self.writer.delta(content, reasoning, calls, logprobs)
 
     def close(self, final: RequestOutput) -> Iterable[bytes]:
         yield self.writer.finish(finish_reason(final))
@@ -187,5 +210,5 @@ class ChatReply:
         return completion(
             request_id=a.request_id, model=a.model, created=a.created, content=content, reasoning=reasoning,
             finish_reason=finish_reason(final), usage=final.usage or Usage(), conversation_id=a.conversation_id,
-            tool_calls=whole_tool_calls(outs),
+            tool_calls=whole_tool_calls(outs), logprobs=logprobs_json(outs),
         )

@@ -121,6 +121,10 @@ class GrammarCompiler:
         finally:
             self._ready.set()
 
+    def peek(self) -> Any | None:
+        """llguidance's tokenizer if it is built, without waiting."""
+        return self._llg if self._ready.is_set() else None
+
     def tokenizer(self, param: str) -> Any:
         self._ready.wait()
         if self._llg is None:

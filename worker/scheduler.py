@@ -18,6 +18,7 @@ from protocol.messages import CacheInfo, ChatRequest, ErrorInfo, RequestOutput
 
 from .generation_config import Sampling, SamplingDefaults, build_defaults
 from .grammar import GrammarCompiler, GrammarError, GrammarProcessor, answer_schema, response_format_grammar, tool_call_grammar
+from .logprobs import TokenBytes, read_logprobs
 from .kv.manager import ControlError, Plan, PromptCacheManager
 from .prompt import PromptError, render_prompt, template_source, template_variables
 from .raw_prompt import render_raw
@@ -68,6 +69,7 @@ class Scheduler:
         self.template_defaults = template_defaults or {}
         self.tool_format = detect_tool_format(tokenizer, template_source(tokenizer))
         self.grammars = GrammarCompiler(tokenizer, cache_size=grammar_cache_size)
+        self.token_bytes = TokenBytes(tokenizer, self.grammars.peek)
         self.kv = kv
         if kv is not None:
             kv.bind_model(model)  # loaded caches are checked against the model's own layout
@@ -289,6 +291,7 @@ class Scheduler:
             seq = self._by_uid.get(p.uid)
             if seq is not None and seq.prefill_started is None:
                 seq.prefill_started = now
+        self._read_logprobs(gen_responses)
         stopped_early: list[int] = []
         for r in gen_responses:
             seq = self._by_uid.get(r.uid)
@@ -309,6 +312,17 @@ class Scheduler:
                 self._commit(seq, tokens, cache)
         return outputs
 
+    def _read_logprobs(self, responses: list[Any]) -> None:
+        """Log-probabilities for the sequences that asked, all in one read."""
+        asked: list[tuple[Sequence, tuple[int, Any, int]]] = []
+        for r in responses:
+            seq = self._by_uid.get(r.uid)
+            if seq is not None and seq.sampling.logprobs and not (r.finish_reason == "stop" and r.token in self._eos):
+                asked.append((seq, (r.token, r.logprobs, seq.sampling.top_logprobs)))
+        if asked:
+            for (seq, _), lp in zip(asked, read_logprobs([a[1] for a in asked], self.token_bytes)):
+                seq.logprobs.append(lp)
+
     def _on_token(self, seq: Sequence, token: int, finish: str | None, now: float) -> RequestOutput | None:
         if seq.first_token_at is None:
             seq.first_token_at = now
@@ -324,7 +338,7 @@ class Scheduler:
         if seq.text.stopped:
             finish = "stop"
         if finish is None:
-            if content or reasoning or not seq.started_sent or seq.text.has_calls:
+            if content or reasoning or not seq.started_sent or seq.text.has_calls or seq.logprobs:
                 return seq.output(content, reasoning, tokens=1)
             return None
         tail_c, tail_r = seq.text.finish()
@@ -364,6 +378,4 @@ def _not_yet_supported(req: ChatRequest) -> ErrorInfo | None:
     s = req.sampling
     if s.n != 1:
         return ErrorInfo("n > 1 is not supported yet", param="n", code="unsupported_parameter")
-    if s.logprobs or s.top_logprobs:
-        return ErrorInfo("logprobs are not supported yet", param="logprobs", code="unsupported_parameter")
     return None

@@ -6,7 +6,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from protocol.messages import CacheInfo, ChatRequest, ErrorInfo, FinishReason, RequestOutput, Usage
+from protocol.messages import CacheInfo, ChatRequest, ErrorInfo, FinishReason, RequestOutput, TokenLogprob, Usage
 
 from .generation_config import Sampling
 from .prompt import Prompt
@@ -33,6 +33,7 @@ class Sequence:
     finished: bool = False
     plan: Any = None  # the prompt-cache plan (worker.kv.manager.Plan)
     constraint: Any = None  # a grammar.GrammarProcessor when the output must follow a grammar
+    logprobs: list[TokenLogprob] = field(default_factory=list)  # read, not yet sent
     final_state: tuple[list[int], list] | None = None  # (tokens, KV cache) at a normal finish
 
     @property
@@ -45,6 +46,8 @@ class Sequence:
         calls = self.text.take_calls()
         if calls:
             out.tool_calls = calls
+        if self.logprobs:
+            out.logprobs, self.logprobs = self.logprobs, []
         if not self.started_sent:
             out.started = self.cache
             out.prompt_tokens = len(self.prompt.token_ids)
