@@ -14,7 +14,7 @@ from .config import GatewayConfig
 from .errors import install_error_handlers
 from .operations import install_operations
 from .pool import WorkerPool
-from .routes import chat, completions, conv_kv, messages, models
+from .routes import chat, completions, conv_kv, messages, models, tokenize
 
 log = logging.getLogger("kmlx.gateway")
 
@@ -43,4 +43,5 @@ def create_app(config: GatewayConfig) -> FastAPI:
     app.include_router(completions.router)
     app.include_router(models.router)
     app.include_router(conv_kv.router)
+    app.include_router(tokenize.router)
     return app

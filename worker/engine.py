@@ -28,6 +28,7 @@ from protocol.messages import (
 
 from .kv.manager import ControlError
 from .scheduler import Scheduler
+from .tokenize_calls import detokenize, tokenize
 from .sequence import rejection
 from .transport import GatewayGone, Incoming, Transport
 
@@ -52,6 +53,8 @@ class Engine:
             # still learn it (others' requests) for routing.
             "ping": lambda _args: {"pong": True, "steps": self.scheduler.counters.steps, "load": msgspec.to_builtins(self._load())},
             "stats": lambda _args: self.stats(),
+            "tokenize": lambda args: tokenize(self.scheduler, args),
+            "detokenize": lambda args: detokenize(self.scheduler, args),
         }
         kv = scheduler.kv
         if kv is not None:
