@@ -63,12 +63,19 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--disable-kv-cache", action="store_true", help="no conversation or prefix caching at all")
     c.add_argument("--enable-prefix-caching", action=argparse.BooleanOptionalAction, default=True,
                    help="keep the system prompt's KV on disk and start new conversations from it")
-    c.add_argument("--prompt-cache-dir", default="./.cache/mlx_prompt_caches/", help="where the system-prefix cache lives")
-    c.add_argument("--conversation-kv-max-tokens", type=int, default=131072, help="tokens kept per conversation (clamped to the context)")
-    c.add_argument("--conversation-max-convs", type=int, default=64, help="conversations kept in memory (least recently used go first)")
-    c.add_argument("--conversation-ttl-seconds", type=float, default=3600.0, help="idle time after which a conversation's KV is dropped")
-    c.add_argument("--conversation-max-gb", type=float, default=4.0, help="memory budget for all conversation caches together")
-    c.add_argument("--conversation-snapshots", type=int, default=1, help="earlier states kept per conversation, for caches that cannot be rolled back")
+    c.add_argument("--prompt-cache-dir", default="./.cache/mlx_prompt_caches/", help="where the system-prefix caches live")
+    c.add_argument("--prompt-cache-disk-max-gb", type=float, default=20.0,
+                   help="disk budget for system-prefix caches (least recently used removed first)")
+    c.add_argument("--conversation-kv-max-tokens", type=int, default=131072, help="tokens kept per cached entry (clamped to the context)")
+    c.add_argument("--conversation-max-convs", type=int, default=64, help="named conversations pinned in the cache (least recently used unpinned first)")
+    c.add_argument("--conversation-ttl-seconds", type=float, default=3600.0, help="idle time after which cached KV is dropped")
+    c.add_argument("--conversation-max-gb", type=float, default=4.0,
+                   help="memory budget of the prompt cache: every request's cached KV, named conversations included")
+    c.add_argument("--conversation-snapshots", type=int, default=1,
+                   help="earlier checkpoints pinned per conversation, for caches that cannot be cut (sliding windows, SSM layers)")
+    c.add_argument("--kv-bits", type=int, choices=(4, 8), default=None,
+                   help="store cached KV quantized to 4 or 8 bits (more cached tokens per GB; running requests stay full precision)")
+    c.add_argument("--kv-group-size", type=int, choices=(32, 64, 128), default=64, help="values per quantization scale with --kv-bits")
     c.add_argument("--conversation-disk-dir", default="./.cache/kmlx_conversations/", help="where saved conversations go")
     c.add_argument("--conversation-disk-max-gb", type=float, default=200.0, help="disk budget for saved conversations (413 past it)")
     add_vision_arguments(p)  # --max-image-patches, --video-frames (docs/vision.md)
@@ -147,6 +154,9 @@ def _kv_manager(args: argparse.Namespace, loaded, tokenizer_hash: str):
         enabled=True,
         prefix_enabled=args.enable_prefix_caching,
         prefix_dir=Path(args.prompt_cache_dir),
+        prefix_disk_max_bytes=int(args.prompt_cache_disk_max_gb * (1 << 30)),
+        kv_bits=args.kv_bits,
+        kv_group_size=args.kv_group_size,
         disk_dir=Path(args.conversation_disk_dir),
         disk_max_bytes=int(args.conversation_disk_max_gb * (1 << 30)),
         limits=limits,

@@ -10,21 +10,11 @@ from urllib.parse import quote
 import httpx
 import pytest
 
-from tests.support.processes import start_worker, wait_healthy
-from tests.e2e.test_prompt_cache import SYSTEM, answer, chat, kv, uncached
+from tests.e2e.test_prompt_cache import SYSTEM, answer, chat, kv, restart_worker, uncached
 
 
 def post(stack, path: str, body) -> httpx.Response:
     return httpx.post(f"{stack.base_url}/conv_kv/{path}", json=body, timeout=120)
-
-
-def restart_worker(stack, model, log_dir, *, kill: int) -> None:
-    old = stack.workers[0]
-    old.stop(sig=kill)
-    port = int(stack.worker_addresses[0].rsplit(":", 1)[1])
-    new, _ = start_worker(model, log_dir, port=port, name=old.name)
-    stack.workers[0] = new
-    wait_healthy(stack.root_url, [stack.gateway, new])
 
 
 def test_save_restart_load_hit(make_stack, tiny_model_path, log_dir):

@@ -8,11 +8,19 @@ import uuid
 from pathlib import Path
 
 import httpx
-import pytest
 
 from tests.support.processes import start_worker, wait_healthy
 
 SYSTEM = "You are a careful assistant. Answer briefly and precisely. " * 3
+
+
+def restart_worker(stack, model, log_dir, *, kill: int, args: list[str] = ()) -> None:
+    old = stack.workers[0]
+    old.stop(sig=kill)
+    port = int(stack.worker_addresses[0].rsplit(":", 1)[1])
+    new, _ = start_worker(model, log_dir, port=port, name=old.name, args=list(args))
+    stack.workers[0] = new
+    wait_healthy(stack.root_url, [stack.gateway, new])
 
 
 def chat(stack, conv: str | None, messages: list[dict], **extra) -> httpx.Response:
@@ -98,45 +106,95 @@ def test_editing_the_first_message_never_serves_stale_state(tiny_stack):
     assert answer(r) == uncached(tiny_stack, edited)
 
 
-def test_new_conversation_starts_from_the_system_prefix_cache(make_stack, tiny_model_path, log_dir):
+def prefix_sets(prefix_dir: Path) -> list[str]:
+    """The system-prefix sets on disk (one per prefix: data, .len, .hash)."""
+    names = sorted(p.name for p in prefix_dir.iterdir() if not p.name.startswith("."))
+    stems = sorted({n.split(".safetensors")[0] for n in names})
+    assert names == sorted(f"{s}.safetensors{x}" for s in stems for x in ("", ".hash", ".len")), names
+    return stems
+
+
+def test_system_prompts_are_kept_on_disk_and_reused_after_a_restart(make_stack, tiny_model_path, log_dir):
     prefix_dir = log_dir / f"prefix-{uuid.uuid4().hex}"
-    stack = make_stack(tiny_model_path, worker_args=["--prompt-cache-dir", str(prefix_dir)])
-    system = SYSTEM * 4
+    args = ["--prompt-cache-dir", str(prefix_dir)]
+    stack = make_stack(tiny_model_path, worker_args=args)
+    system, other = SYSTEM * 4, "A new system prompt, quite different from the first one."
     r1 = chat(stack, "first", [{"role": "system", "content": system}, {"role": "user", "content": "Hi"}])
     assert kv(r1)[1] == 0
-    files = sorted(p.name for p in prefix_dir.iterdir() if not p.name.startswith("."))
-    assert files == ["kmlx-tiny-llama.safetensors", "kmlx-tiny-llama.safetensors.hash", "kmlx-tiny-llama.safetensors.len"]
-    length = int((prefix_dir / "kmlx-tiny-llama.safetensors.len").read_text())
-    first_hash = (prefix_dir / "kmlx-tiny-llama.safetensors.hash").read_text()
+    (first,) = prefix_sets(prefix_dir)
+    assert first.startswith("kmlx-tiny-llama.")
+    length = int((prefix_dir / f"{first}.safetensors.len").read_text())
 
     r2 = chat(stack, "second", [{"role": "system", "content": system}, {"role": "user", "content": "Hello"}])
     mode, cached, processing = kv(r2)
-    assert (mode, cached) == ("fresh", length)
-    assert processing == r2.json()["usage"]["prompt_tokens"] - length
-    assert answer(r2) == uncached(stack, [{"role": "system", "content": system}, {"role": "user", "content": "Hello"}])
+    assert mode == "fresh" and cached >= length  # a new conversation, started from the shared prefix
+    assert processing == r2.json()["usage"]["prompt_tokens"] - cached
 
-    chat(stack, "third", [{"role": "system", "content": "A new system prompt."}, {"role": "user", "content": "Hi"}])
-    assert (prefix_dir / "kmlx-tiny-llama.safetensors.hash").read_text() != first_hash
+    chat(stack, "third", [{"role": "system", "content": other}, {"role": "user", "content": "Hi"}])
+    assert len(prefix_sets(prefix_dir)) == 2  # several prefixes, each under its own hash
+
+    restart_worker(stack, tiny_model_path, log_dir, kill=signal.SIGKILL, args=args)  # memory is gone, the disk is not
+    for sys_prompt in (system, other):
+        msgs = [{"role": "system", "content": sys_prompt}, {"role": "user", "content": "Hey"}]
+        r = chat(stack, f"after-{uuid.uuid4().hex}", msgs)
+        mode, cached, _ = kv(r)
+        stem = next(s for s in prefix_sets(prefix_dir) if int((prefix_dir / f"{s}.safetensors.len").read_text()) == cached)
+        assert mode == "fresh" and stem
+        assert answer(r) == uncached(stack, msgs)
+    assert stack.worker_stats()[0]["kv_cache"]["prefix_loads"] == 2
 
 
-def test_concurrent_requests_on_one_conversation_do_not_corrupt_it(tiny_stack):
+def test_the_prefix_disk_budget_keeps_the_most_recent(make_stack, tiny_model_path, log_dir):
+    prefix_dir = log_dir / f"prefix-{uuid.uuid4().hex}"
+    stack = make_stack(tiny_model_path, worker_args=["--prompt-cache-dir", str(prefix_dir), "--prompt-cache-disk-max-gb", "0.00005"])
+    seen: list[set[str]] = []
+    for i in range(3):  # ~24 KB per set on the tiny model; the budget (~53 KB) holds two
+        chat(stack, None, [{"role": "system", "content": f"System prompt number {i}. " + SYSTEM}, {"role": "user", "content": "Hi"}])
+        seen.append(set(prefix_sets(prefix_dir)))
+    (s0,), (s1,) = seen[0], seen[1] - seen[0]
+    assert len(seen[2]) == 2 and s0 not in seen[2] and s1 in seen[2]  # the least recently used went
+
+
+def test_concurrent_requests_on_one_conversation_share_the_cache(tiny_stack):
     conv = f"c-{uuid.uuid4().hex}"
     msgs = conversation(f"{SYSTEM} {conv}", 2)[:-1]
-    modes: list[str] = []
+    chat(tiny_stack, conv, msgs[:2])  # the conversation's first turn is cached
+    results: list[httpx.Response] = []
 
     def go() -> None:
-        modes.append(kv(chat(tiny_stack, conv, msgs, max_tokens=30))[0])
+        results.append(chat(tiny_stack, conv, msgs, max_tokens=30))
 
     threads = [threading.Thread(target=go) for _ in range(3)]
     for t in threads:
         t.start()
     for t in threads:
         t.join(120)
-    assert len(modes) == 3 and "disabled" in modes  # the busy conversation said so
+    assert len(results) == 3
+    assert all(kv(r)[0] == "hit" and kv(r)[1] > 0 for r in results)  # none runs uncached
+    assert len({answer(r) for r in results}) == 1
     follow = msgs + [{"role": "assistant", "content": "ok"}, {"role": "user", "content": "next"}]
     r = chat(tiny_stack, conv, follow)
     assert kv(r)[0] == "hit"
     assert answer(r) == uncached(tiny_stack, follow)
+
+
+def test_interleaved_chats_without_ids_prefill_only_their_new_tokens(tiny_stack):
+    """What OpenAI SDK clients send: no id, so both chats resolve to this
+    client's one conversation; the shared cache still finds each chat."""
+    tag = uuid.uuid4().hex
+    chats = [[{"role": "system", "content": f"{SYSTEM} {tag}"}] for _ in range(2)]
+    previous = [0, 0]
+    for turn in range(4):
+        for i, msgs in enumerate(chats):
+            msgs.append({"role": "user", "content": f"Chat {i}, turn {turn}: tell me about topic {i * 10 + turn}."})
+            r = chat(tiny_stack, None, msgs)
+            mode, cached, processing = kv(r)
+            assert r.headers["x-conv-id"].startswith("client:")
+            if turn:
+                assert mode == "hit" and cached >= previous[i] - 1, (turn, i, cached, previous[i])
+            previous[i] = r.json()["usage"]["prompt_tokens"]
+            msgs.append({"role": "assistant", "content": answer(r)})
+    assert answer(r) == uncached(tiny_stack, msgs[:-1])
 
 
 def test_disable_kv_cache_flag(make_stack, tiny_model_path):

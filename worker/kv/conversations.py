@@ -1,83 +1,69 @@
-"""Per-conversation KV caches: lookup by longest common prefix, commit, limits.
+"""Conversation ids as named handles into the shared prefix tree.
 
-A conversation remembers the tokens its cache holds (prompt *and* the
-generated reply), the token offset at the end of each message, and each
-message's hash. A new request reuses the longest token prefix it shares with
-that record: an appended turn reuses everything (including the model's own
-last reply when the template re-renders it identically), while an edited or
-dropped message rolls back to where the texts diverge — never further, so
-nothing stale is ever served.
+The KV itself lives in the tree (``radix.py``), keyed by token content and
+shared with every request. A conversation remembers what it last committed
+— the tokens (prompt *and* reply), the token offset at the end of each
+message, each message's hash — and pins that entry in the tree so it is
+evicted only after every unnamed one. For models whose cache cannot be cut
+(``snapshots``), it also pins the checkpoints just above its entry: the
+next turn resumes from them when the template re-renders the last reply.
 
-Bounded by: tokens per conversation, number of conversations (LRU), idle
-TTL, and a global byte budget. Pure bookkeeping: no MLX calls beyond the
-cache views, so it is unit-testable with small fake caches.
+Bounded by: conversations (least recently used handle dropped), idle TTL
+(the handle is dropped and its pins released), tokens per entry (enforced
+by the manager). Dropping a handle never frees memory by itself: the tree
+evicts its entries when the budget needs the room.
 """
 
 from __future__ import annotations
 
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
 
-from .views import Cache, cache_length, cache_nbytes, is_trimmable, prefix_view
+from .radix import Node, PrefixTree
 
 
 @dataclass
 class ConversationLimits:
-    max_tokens: int = 131072  # per conversation (clamped to the context length by the worker)
-    max_conversations: int = 64
-    ttl_seconds: float = 3600.0
-    max_bytes: int = 4 << 30  # all conversations together
-    snapshots: int = 1  # earlier states kept for caches that cannot be trimmed
-
-
-@dataclass
-class Snapshot:
-    tokens: list[int]
-    cache: Cache
+    max_tokens: int = 131072  # per stored entry (clamped to the context length by the worker)
+    max_conversations: int = 64  # named handles kept
+    ttl_seconds: float = 3600.0  # idle time before a handle and its unpinned KV are dropped
+    max_bytes: int = 4 << 30  # the whole prompt cache (all entries, named or not)
+    snapshots: int = 1  # checkpoints pinned above a conversation's entry (caches that cannot be cut)
 
 
 @dataclass
 class Conversation:
-    tokens: list[int]
-    cache: Cache
+    tokens: list[int]  # what its entry holds: the last prompt and the reply
     boundaries: list[int]  # token offset at the end of each message
     hashes: list[str]  # one per message, same order
-    snapshots: list[Snapshot] = field(default_factory=list)
+    node: Node | None = None  # its entry in the tree (detached once evicted)
+    pinned: list[Node] = field(default_factory=list)
     last_used: float = field(default_factory=time.monotonic)
-    busy: bool = False  # a request is using it right now
+
+    @property
+    def in_memory(self) -> bool:
+        return self.node is not None and self.node.attached
 
     @property
     def nbytes(self) -> int:
-        return cache_nbytes(self.cache) + sum(cache_nbytes(s.cache) for s in self.snapshots)
-
-
-@dataclass
-class Reuse:
-    """The outcome of a lookup: what to prefill from and how to report it."""
-
-    mode: str  # fresh | hit | snapshot | reset | disabled
-    cached_tokens: int = 0
-    cache: Cache | None = None
-
-
-def common_prefix(a: list[int], b: list[int]) -> int:
-    n = min(len(a), len(b))
-    i = 0
-    while i < n and a[i] == b[i]:
-        i += 1
-    return i
+        """Bytes of its entry's whole path (prefixes shared with other entries included)."""
+        total, n = 0, self.node
+        while n is not None and n.attached and n.parent is not None:
+            total += n.nbytes
+            n = n.parent
+        return total
 
 
 class ConversationStore:
-    def __init__(self, limits: ConversationLimits, clock: Callable[[], float] = time.monotonic):
+    def __init__(self, limits: ConversationLimits, tree: PrefixTree, clock: Callable[[], float] = time.monotonic):
         self.limits = limits
+        self.tree = tree
         self.clock = clock
         self._convs: OrderedDict[str, Conversation] = OrderedDict()
-        self.evictions = 0
+        self.dropped = 0  # handles dropped for the count limit or their age
 
-    # ------------------------------------------------------------------ #
     def __contains__(self, conv_id: str) -> bool:
         return conv_id in self._convs
 
@@ -91,95 +77,47 @@ class ConversationStore:
         return list(self._convs.items())
 
     @property
-    def nbytes(self) -> int:
-        return sum(c.nbytes for c in self._convs.values())
-
-    @property
     def tokens(self) -> int:
         return sum(len(c.tokens) for c in self._convs.values())
 
-    # ------------------------------------------------------------------ #
-    def lookup(self, conv_id: str, prompt: list[int]) -> Reuse:
-        """Find reusable KV for ``prompt``. At least the prompt's last token is
-        always left to prefill (the model needs it to produce logits)."""
-        self.expire()
-        conv = self._convs.get(conv_id)
-        if conv is None:
-            return Reuse("fresh")
-        self._touch(conv_id)
-        limit = len(prompt) - 1
-        shared = min(common_prefix(conv.tokens, prompt), limit)
-        if shared > 0:
-            view = prefix_view(conv.cache, shared)
-            if view is not None:
-                return Reuse("hit", shared, view)
-        # The cache cannot roll back that far: try the saved earlier states.
-        best: Snapshot | None = None
-        for snap in conv.snapshots:
-            if len(snap.tokens) <= limit and prompt[: len(snap.tokens)] == snap.tokens:
-                if best is None or len(snap.tokens) > len(best.tokens):
-                    best = snap
-        if best is not None:
-            view = prefix_view(best.cache, len(best.tokens))
-            if view is not None:
-                return Reuse("snapshot", len(best.tokens), view)
-        return Reuse("reset")
+    def touch(self, conv_id: str) -> None:
+        if conv_id in self._convs:
+            self._convs.move_to_end(conv_id)
+            self._convs[conv_id].last_used = self.clock()
 
-    def commit(self, conv_id: str, tokens: list[int], cache: Cache, boundaries: list[int], hashes: list[str]) -> bool:
-        """Store a finished turn's state. Returns False if it was not kept."""
-        cap = self.limits.max_tokens
-        if len(tokens) > cap:
-            view = prefix_view(cache, cap)
-            if view is None:
-                self.drop(conv_id)
-                return False
-            tokens, cache = tokens[:cap], view
-            boundaries = [b for b in boundaries if b <= cap]
-            hashes = hashes[: len(boundaries)]
-        if cache_length(cache) != len(tokens):
-            return False  # never store a cache whose tokens we can't vouch for
-        old = self._convs.get(conv_id)
-        snapshots: list[Snapshot] = []
-        if old is not None and self.limits.snapshots > 0 and not is_trimmable(cache):
-            # The new state cannot be rolled back: keep the earlier one to branch from.
-            snapshots = (old.snapshots + [Snapshot(old.tokens, old.cache)])[-self.limits.snapshots :]
-        self._convs[conv_id] = Conversation(tokens, cache, boundaries, hashes, snapshots, self.clock())
-        self._touch(conv_id)
-        self._enforce_limits(keep=conv_id)
-        return conv_id in self._convs
-
-    def put(self, conv_id: str, conv: Conversation) -> None:
-        """Insert a conversation loaded from disk."""
-        conv.last_used = self.clock()
+    def commit(self, conv_id: str, tokens: list[int], node: Node, boundaries: list[int], hashes: list[str]) -> Conversation:
+        """Point the handle at ``node`` (already pinned once for it by the
+        tree's ``insert(pin=True)``), releasing what it pinned before."""
+        pinned = [node] + self.tree.checkpoints_above(node, self.limits.snapshots) if self.tree.needs_checkpoints else [node]
+        for n in pinned[1:]:
+            self.tree.pin(n)
+        old = self._convs.pop(conv_id, None)
+        if old is not None:
+            self._release(old)
+        conv = Conversation(tokens, boundaries, hashes, node, pinned, self.clock())
         self._convs[conv_id] = conv
-        self._touch(conv_id)
-        self._enforce_limits(keep=conv_id)
+        self._enforce_count()
+        return conv
 
-    def drop(self, conv_id: str) -> bool:
-        return self._convs.pop(conv_id, None) is not None
+    def drop(self, conv_id: str) -> Conversation | None:
+        conv = self._convs.pop(conv_id, None)
+        if conv is not None:
+            self._release(conv)
+        return conv
 
     def expire(self) -> None:
-        now = self.clock()
-        for cid in [c for c, v in self._convs.items() if not v.busy and now - v.last_used > self.limits.ttl_seconds]:
-            del self._convs[cid]
-            self.evictions += 1
+        cutoff = self.clock() - self.limits.ttl_seconds
+        for cid in [c for c, v in self._convs.items() if v.last_used < cutoff]:
+            self.drop(cid)
+            self.dropped += 1
 
-    # ------------------------------------------------------------------ #
-    def _touch(self, conv_id: str) -> None:
-        self._convs.move_to_end(conv_id)
-        self._convs[conv_id].last_used = self.clock()
+    def _release(self, conv: Conversation) -> None:
+        for n in conv.pinned:
+            self.tree.unpin(n)
+        conv.pinned = []
 
-    def _enforce_limits(self, keep: str) -> None:
-        def over() -> bool:
-            return len(self._convs) > self.limits.max_conversations or self.nbytes > self.limits.max_bytes
-
-        for cid in list(self._convs):
-            if not over():
-                break
-            if cid == keep or self._convs[cid].busy:
-                continue
-            del self._convs[cid]
-            self.evictions += 1
-        if over():  # the kept one alone is too big for the budget
-            self._convs.pop(keep, None)
-            self.evictions += 1
+    def _enforce_count(self) -> None:
+        while len(self._convs) > self.limits.max_conversations:
+            cid = next(iter(self._convs))
+            self.drop(cid)
+            self.dropped += 1

@@ -1,7 +1,11 @@
-"""What the scheduler asks of prompt caching: a plan per request, a commit
-per finished turn, and the whitelisted conversation-cache control calls.
+"""What the scheduler asks of prompt caching: a plan per request, the
+states to keep (checkpoints during prefill, the finished turn), and the
+whitelisted conversation-cache control calls.
 
-Runs on the compute thread (it touches MLX arrays).
+One prefix tree (``radix.py``) holds every cached token for every request;
+conversation ids are named handles into it (``conversations.py``); system
+prompts also go to disk (``prefix.py``); saved conversations are files
+(``files.py``). Runs on the compute thread (it touches MLX arrays).
 """
 
 from __future__ import annotations
@@ -16,11 +20,15 @@ from protocol.messages import CacheInfo, ChatRequest
 
 from . import files
 from .conversations import Conversation, ConversationLimits, ConversationStore
-from .prefix import PrefixCache
+from .prefix import PrefixStore
+from .radix import Match, PrefixTree
+from .segments import Codec, Layout
 from .validate import Reference, reference_for
 from .views import Cache, cache_length, cache_nbytes
 
 log = logging.getLogger("kmlx.worker.kv")
+
+HOUSEKEEPING_SECONDS = 1.0  # how often idle handles and entries are expired
 
 
 @dataclass
@@ -28,18 +36,23 @@ class KVConfig:
     enabled: bool = True
     prefix_enabled: bool = True
     prefix_dir: Path = Path(".cache/mlx_prompt_caches")
+    prefix_disk_max_bytes: int = 20 << 30
     disk_dir: Path = Path(".cache/kmlx_conversations")
     disk_max_bytes: int = 200 << 30
     disk_max_fraction: float = 0.90
     limits: ConversationLimits = field(default_factory=ConversationLimits)
+    kv_bits: int | None = None  # store cached rows quantized (--kv-bits)
+    kv_group_size: int = 64
 
 
 @dataclass
 class Plan:
-    info: CacheInfo
-    cache: Cache | None = None
-    conversation_id: str | None = None  # set when finishing should commit
+    info: CacheInfo  # what the request is told (X-Conv-* headers)
+    cache: Cache | None = None  # the KV to start from
+    conversation_id: str | None = None  # the handle a normal finish updates
     system_len: int = 0
+    commit: bool = True  # False: this request leaves the cache as it was (reset_conversation)
+    checkpoints: list[int] = field(default_factory=list)  # prompt positions to keep the state at during prefill
 
 
 class ControlError(Exception):
@@ -54,76 +67,137 @@ class PromptCacheManager:
         self.config = config
         self.model_id = model_id
         self.tokenizer_hash = tokenizer_hash
-        self.store = ConversationStore(config.limits)
-        self.prefix = PrefixCache(config.prefix_dir, model_id) if config.enabled and config.prefix_enabled else None
+        codec = Codec(config.kv_bits, config.kv_group_size)
+        self.tree = PrefixTree(max_bytes=config.limits.max_bytes, codec=codec)
+        self.store = ConversationStore(config.limits, self.tree)
+        self.prefix = (
+            PrefixStore(config.prefix_dir, model_id, max_bytes=config.prefix_disk_max_bytes)
+            if config.enabled and config.prefix_enabled else None
+        )
         self.reference: Reference | None = None  # this model's cache layout, once bound
         for d in (config.disk_dir, config.prefix_dir):
             files.remove_stale_temporaries(d)  # left by a process killed mid-save
-        self.hits = 0
+        self.requests = 0  # plans made with the cache on
+        self.hits = 0  # ... that reused at least one token
         self.cached_tokens_served = 0
-        self._busy: set[str] = set()  # conversations with a request running
+        self._housekept = 0.0
 
     def bind_model(self, model: Any) -> None:
         """Learn the model's cache layout (every loaded file is checked
-        against it), then adopt the system-prefix cache from disk."""
+        against it; checkpoints are taken where it has state layers), then
+        list the system prompts cached on disk."""
         try:
             self.reference = reference_for(model)
         except Exception as exc:  # an exotic model: files are still checked for consistency
             log.warning("could not derive the model's cache layout (%s); loaded caches get structural checks only", exc)
+        if self.reference is not None:
+            layout = Layout(tuple(layer.kind == "KVCache" for layer in self.reference.layers))
+            dtypes = [layer.arrays[0][0] for layer in self.reference.layers if layer.kind == "KVCache" and layer.arrays]
+            self.tree.bind(layout, dtypes[0] if dtypes else None)
+            bits, group = self.config.kv_bits, self.config.kv_group_size
+            dims = {layer.arrays[0][1][-1] for layer in self.reference.layers if layer.kind == "KVCache" and layer.arrays}
+            if bits is not None and any(d % group for d in dims):
+                raise ValueError(f"--kv-group-size {group} does not divide this model's head size {sorted(dims)}")
         if self.prefix is not None:
-            self.prefix.load(self.reference)
+            self.prefix.scan()
+
+    @property
+    def needs_checkpoints(self) -> bool:
+        """The model has layers that cannot be cut (docs/prompt-caching.md)."""
+        return self.tree.needs_checkpoints
 
     # ------------------------------------------------------------------ #
-    def plan(self, req: ChatRequest, prompt: list[int], system_len: int) -> Plan:
+    def plan(self, req: ChatRequest, prompt: list[int], system_len: int, last_message_end: int = 0) -> Plan:
         """What this request can reuse. Raises ControlError (4xx naming the
         conversation) when its saved cache is damaged: that request alone
         fails, and the file is quarantined so the next one starts fresh."""
         n = len(prompt)
-        conv_id = req.conversation_id
         if not self.config.enabled or req.reset_conversation:
-            return Plan(CacheInfo("disabled", 0, n))
-        if conv_id is None:
-            return self._with_prefix(Plan(CacheInfo("none", 0, n), system_len=system_len), prompt, system_len)
-        if conv_id in self._busy:
-            # Another request of this conversation is running: this one runs
-            # uncached and does not commit, so neither corrupts the other.
-            return Plan(CacheInfo("disabled", 0, n))
-        if self.store.get(conv_id) is None:
-            self._load_saved(conv_id)
-        self._busy.add(conv_id)
-        reuse = self.store.lookup(conv_id, prompt)
-        plan = Plan(CacheInfo(reuse.mode, reuse.cached_tokens, n - reuse.cached_tokens), reuse.cache, conv_id, system_len)
-        plan = self._with_prefix(plan, prompt, system_len)
-        if (c := self.store.get(conv_id)) is not None:
-            c.busy = True
-        if plan.info.cached_tokens:
+            return Plan(CacheInfo("disabled", 0, n), commit=False)
+        conv_id = req.conversation_id
+        conv: Conversation | None = None
+        if conv_id is not None:
+            conv = self.store.get(conv_id)
+            if conv is None:
+                conv = self._load_saved(conv_id)
+            self.store.touch(conv_id)
+        self._housekeeping()
+        match = self.tree.lookup(prompt, n - 1)
+        if self.prefix is not None and match.usable < system_len < n and self._load_prefix(prompt[:system_len]):
+            match = self.tree.lookup(prompt, n - 1, record=False)
+        cached = match.usable
+        info = CacheInfo(self._mode(conv_id, conv, match), cached, n - cached)
+        stops = sorted({b for b in (system_len, last_message_end) if cached < b < n - 1}) if self.needs_checkpoints else []
+        self.requests += 1
+        if cached:
             self.hits += 1
-            self.cached_tokens_served += plan.info.cached_tokens
-        return plan
+            self.cached_tokens_served += cached
+        return Plan(info, self.tree.cache_for(match), conv_id, system_len, checkpoints=stops)
 
-    def _with_prefix(self, plan: Plan, prompt: list[int], system_len: int) -> Plan:
-        """Start from the system-prefix cache when it beats what we have."""
-        if self.prefix is None or plan.info.cached_tokens >= system_len:
-            return plan
-        view = self.prefix.match(prompt, system_len)
-        if view is None:
-            return plan
-        plan.cache = view
-        plan.info = CacheInfo(plan.info.mode, system_len, len(prompt) - system_len)
-        return plan
+    @staticmethod
+    def _mode(conv_id: str | None, conv: Conversation | None, match: Match) -> str:
+        """The X-Conv-KV value (docs/prompt-caching.md has the table)."""
+        if match.usable and match.usable < match.matched:
+            return "snapshot"  # an earlier checkpoint: the state at the divergence cannot be rebuilt
+        if conv_id is None:
+            return "hit" if match.usable else "none"
+        if conv is None:
+            return "fresh"
+        return "hit" if match.usable else "reset"
+
+    def checkpoint(self, plan: Plan, tokens: list[int], cache: Cache) -> None:
+        """The state at a message boundary, taken during prefill."""
+        if plan.commit:
+            self.offer(tokens, cache)
+
+    def offer(self, tokens: list[int], cache: Cache) -> None:
+        """Store a running sequence's state (its prefix is wanted by another
+        request, or it is a checkpoint)."""
+        if len(tokens) <= self.config.limits.max_tokens and cache_length(cache) in (None, len(tokens)):
+            self.tree.insert(tokens, cache)
 
     def finish(self, plan: Plan, tokens: list[int] | None, cache: Cache | None, *, hashes: list[str], boundaries: list[int]) -> None:
-        """Called for every request once; commits only a normal finish."""
+        """Called for every request once; stores only a normal finish."""
+        if tokens is None or cache is None or not plan.commit:
+            return  # aborted, failed or asked not to: the cache stays as it was
+        if cache_length(cache) not in (None, len(tokens)):
+            return  # never store a cache whose tokens we can't vouch for
+        cap = self.config.limits.max_tokens
+        if len(tokens) > cap and self.needs_checkpoints:
+            node = None  # cannot be cut to the cap
+        else:
+            tokens = tokens[:cap]
+            node = self.tree.insert(tokens, cache, pin=plan.conversation_id is not None)
         if plan.conversation_id is not None:
-            self._busy.discard(plan.conversation_id)
-            if (conv := self.store.get(plan.conversation_id)) is not None:
-                conv.busy = False
-        if tokens is None or cache is None:
-            return  # aborted or failed: the conversation stays as it was
-        if self.prefix is not None and plan.system_len:
-            self.prefix.offer(tokens, cache, plan.system_len)
-        if plan.conversation_id is not None:
-            self.store.commit(plan.conversation_id, tokens, cache, boundaries, hashes)
+            if node is not None:
+                kept = [b for b in boundaries if b <= len(tokens)]
+                self.store.commit(plan.conversation_id, tokens, node, kept, hashes[: len(kept)] if len(kept) < len(boundaries) else hashes)
+            else:
+                self.store.drop(plan.conversation_id)
+        if self.prefix is not None and 0 < plan.system_len <= len(tokens):
+            self._offer_prefix(tokens[: plan.system_len])
+
+    # ------------------------------------------------------------------ #
+    def _load_prefix(self, tokens: list[int]) -> bool:
+        assert self.prefix is not None
+        cache = self.prefix.find(tokens, self.reference)
+        return cache is not None and self.tree.insert(tokens, cache) is not None
+
+    def _offer_prefix(self, tokens: list[int]) -> None:
+        assert self.prefix is not None
+        if self.prefix.has(tokens):
+            return
+        cache = self.tree.cache_of(tokens)
+        if cache is not None:
+            self.prefix.save(tokens, cache)
+
+    def _housekeeping(self) -> None:
+        now = time.monotonic()
+        if now - self._housekept < HOUSEKEEPING_SECONDS:
+            return
+        self._housekept = now
+        self.store.expire()
+        self.tree.expire(now - self.config.limits.ttl_seconds)
 
     # ------------------------------------------------------------------ #
     # Control calls (routed here by the engine): save, load, stats, delete.
@@ -136,11 +210,12 @@ class PromptCacheManager:
     def save(self, args: dict[str, Any]) -> dict[str, Any]:
         conv_id, stem = self._stem(args)
         conv = self.store.get(conv_id)
-        if conv is None:
+        cache = self.tree.cache_of(conv.tokens) if conv is not None else None
+        if conv is None or cache is None:
             raise ControlError(f"conversation {conv_id!r} has no cache in memory", 404, "conversation_not_found")
         d = self.config.disk_dir
         d.mkdir(parents=True, exist_ok=True, mode=0o700)
-        estimate = cache_nbytes(conv.cache)
+        estimate = cache_nbytes(cache)
         existing = files.directory_bytes(d) - sum(
             (d / f"{stem}{s}").stat().st_size for s in (".safetensors", ".json") if (d / f"{stem}{s}").exists()
         )
@@ -160,7 +235,7 @@ class PromptCacheManager:
             "ts": time.time(),
         }
         try:
-            path, size = files.save_cache(d, stem, conv.cache, meta)
+            path, size = files.save_cache(d, stem, cache, meta)
         except OSError as exc:  # the partial files are gone already (files.temporary_file)
             if files.is_disk_full(exc):
                 raise ControlError(f"the disk is full; conversation {conv_id!r} was not saved", 507, "disk_full") from None
@@ -169,23 +244,23 @@ class PromptCacheManager:
         return {"status": "saved", "id": conv_id, "path": path.name, "bytes": size, "tokens": len(conv.tokens)}
 
     def load(self, args: dict[str, Any]) -> dict[str, Any]:
-        conv_id, stem = self._stem(args)
+        conv_id, _stem = self._stem(args)
         conv = self._load_saved(conv_id, strict=True)
         if conv is None:
             raise ControlError(f"nothing saved for conversation {conv_id!r}", 404, "conversation_not_found")
         return {"status": "loaded", "id": conv_id, "tokens": len(conv.tokens)}
 
     def _load_saved(self, conv_id: str, *, strict: bool = False) -> Conversation | None:
-        """Adopt a saved conversation. A damaged file is quarantined and
-        raises ControlError; another model's file is refused (``strict``)
-        or ignored (a chat turn then starts fresh)."""
+        """Adopt a saved conversation into the tree. A damaged file is
+        quarantined and raises ControlError; another model's file is refused
+        (``strict``) or ignored (a chat turn then starts fresh)."""
         d, stem = self.config.disk_dir, files.safe_name(conv_id)
         try:
             saved = files.load_cache(
                 d, stem, model_id=self.model_id, tokenizer_hash=self.tokenizer_hash,
                 reference=self.reference, max_bytes=self.config.limits.max_bytes + (16 << 20),
             )
-            conv = None if saved is None else self._conversation(saved)
+            record = None if saved is None else self._record(saved)
         except files.CacheFileError as exc:
             if exc.damaged:
                 moved = files.quarantine(d, stem)
@@ -199,26 +274,32 @@ class PromptCacheManager:
                 raise ControlError(f"conversation {conv_id!r}: {exc}", exc.status, exc.code) from None
             log.warning("not reusing saved cache of %s: %s", conv_id, exc)
             return None
-        if conv is not None:
-            self.store.put(conv_id, conv)
-        return conv
+        if record is None or saved is None:
+            return None
+        tokens, boundaries, hashes = record
+        node = self.tree.insert(tokens, saved.cache, pin=True)
+        if node is None:
+            if strict:
+                raise ControlError(f"conversation {conv_id!r} does not fit the prompt-cache memory budget", 413, "memory_budget_exceeded")
+            return None
+        return self.store.commit(conv_id, tokens, node, boundaries, hashes)
 
-    def _conversation(self, saved: files.SavedCache) -> Conversation:
+    def _record(self, saved: files.SavedCache) -> tuple[list[int], list[int], list[str]]:
         """The sidecar's record, checked against the cache it describes."""
         m = saved.meta
         tokens, boundaries, hashes = m.get("tokens"), m.get("boundaries", []), m.get("hashes", [])
         vocab = self.reference.vocab_size if self.reference is not None else None
         ok = (
-            isinstance(tokens, list)
-            and all(type(t) is int and 0 <= t and (vocab is None or t < vocab) for t in tokens)
+            isinstance(tokens, list) and len(tokens) > 0
+            and all(type(t) is int and t >= 0 and (vocab is None or t < vocab) for t in tokens)
             and isinstance(boundaries, list) and all(type(b) is int for b in boundaries)
             and isinstance(hashes, list) and all(isinstance(h, str) for h in hashes)
         )
         if not ok:
             raise files.CacheFileError("cache metadata has malformed tokens, boundaries or hashes")
-        if len(tokens) != cache_length(saved.cache):  # type: ignore[arg-type]
+        if cache_length(saved.cache) not in (None, len(tokens)):  # type: ignore[arg-type]
             raise files.CacheFileError("cache file does not match its metadata (token count)")
-        return Conversation(list(tokens), saved.cache, list(boundaries), list(hashes))  # type: ignore[arg-type]
+        return list(tokens), list(boundaries), list(hashes)  # type: ignore[arg-type]
 
     def stats(self, _args: dict[str, Any]) -> dict[str, Any]:
         items = []
@@ -238,19 +319,25 @@ class PromptCacheManager:
                         "size_bytes": meta.get("size_bytes"),
                     }
                 )
-        memory = [{"id": cid, "tokens": len(c.tokens), "bytes": c.nbytes} for cid, c in self.store.items()]
+        memory = [{"id": cid, "tokens": len(c.tokens), "bytes": c.nbytes} for cid, c in self.store.items() if c.in_memory]
         return {"items": items, "in_memory": memory}
 
     def delete(self, args: dict[str, Any]) -> dict[str, Any]:
         conv_id, stem = self._stem(args)
         found = files.delete_cache(self.config.disk_dir, stem)
-        found = self.store.drop(conv_id) or found
+        conv = self.store.drop(conv_id)
+        if conv is not None:
+            found = True
+            if conv.node is not None:
+                self.tree.drop_path(conv.node)  # its own KV; prefixes other entries share stay
         return {"status": "deleted" if found else "not_found", "id": conv_id}
 
     def save_all(self) -> int:
         """On shutdown: persist every conversation so a restart resumes them."""
         saved = 0
-        for conv_id, _conv in self.store.items():
+        for conv_id, conv in self.store.items():
+            if not conv.in_memory:
+                continue
             try:
                 self.save({"conversation_id": conv_id, "title": "saved at shutdown"})
                 saved += 1
@@ -261,14 +348,25 @@ class PromptCacheManager:
         return saved
 
     def summary(self) -> dict[str, Any]:
+        t = self.tree
         return {
             "enabled": self.config.enabled,
+            "requests": self.requests,
+            "hits": self.hits,
+            "hit_rate": round(self.hits / self.requests, 4) if self.requests else 0.0,
+            "cached_tokens_served": self.cached_tokens_served,
+            "prompt_tokens_queried": t.stats.tokens_queried,
+            "cache_tokens": t.tokens,
+            "cache_bytes": t.nbytes,
+            "cache_budget_bytes": t.max_bytes,
+            "cache_nodes": t.nodes,
+            "evictions": t.stats.evictions,
+            "evicted_bytes": t.stats.evicted_bytes,
+            "kv_storage": f"{self.config.kv_bits}-bit" if self.config.kv_bits else "full precision",
             "conversations": len(self.store),
             "conversation_tokens": self.store.tokens,
-            "conversation_bytes": self.store.nbytes,
-            "evictions": self.store.evictions,
-            "hits": self.hits,
-            "cached_tokens_served": self.cached_tokens_served,
-            "prefix_tokens": len(self.prefix.tokens) if self.prefix else 0,
+            "conversation_bytes": sum(c.nbytes for _, c in self.store.items()),
+            "prefix_files": self.prefix.files if self.prefix else 0,
             "prefix_saves": self.prefix.saves if self.prefix else 0,
+            "prefix_loads": self.prefix.loads if self.prefix else 0,
         }

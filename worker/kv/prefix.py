@@ -1,111 +1,152 @@
-"""The system-prefix cache: the KV of the rendered system prompt, on disk.
+"""System prompts' KV on disk: several at once, keyed by a hash of their
+tokens, least recently used removed past a size budget.
 
-Files (the seed's layout, in ``--prompt-cache-dir``):
-``<model>.safetensors`` (the KV), ``<model>.safetensors.len`` (token count),
-``<model>.safetensors.hash`` (SHA-256 over the token ids). Loaded at
-start-up, replaced when a request brings a different system prompt. A new
-conversation whose system prompt matches starts from it.
+Each prefix is three files in ``--prompt-cache-dir`` (kamiwaza-mlx's
+layout, one set per prefix): ``<model>.<hash16>.safetensors`` (the KV),
+``….safetensors.len`` (token count) and ``….safetensors.hash`` (SHA-256 over
+the token ids). A set written by an older version as
+``<model>.safetensors`` is read too. Only the small ``.hash`` files are read
+at start-up; a prefix's KV is read the first time a prompt needs it and is
+then served from the in-memory prefix tree. Files whose length or hash do
+not match their contents are removed, never trusted. Use refreshes a set's
+modification time: the oldest sets go first when the directory outgrows
+``--prompt-cache-disk-max-gb``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import os
 import re
 from pathlib import Path
 from typing import BinaryIO
 
-import mlx.core as mx
 from mlx_lm.models.cache import save_prompt_cache
 
 from .files import read_regular, tokens_hash, write_atomic
+from .segments import Cache
 from .validate import Reference, parse_cache
-from .views import Cache, prefix_view
 
 log = logging.getLogger("kmlx.worker.prefix")
 
+_HEX = re.compile(r"^[0-9a-f]{64}$")
 
-class PrefixCache:
-    def __init__(self, directory: Path, model_id: str):
+
+class PrefixStore:
+    def __init__(self, directory: Path, model_id: str, *, max_bytes: int, max_file_bytes: int = 8 << 30):
         self.directory = directory
-        stem = re.sub(r"[^A-Za-z0-9_.-]", "_", model_id).lstrip(".") or "model"
-        self.path = directory / f"{stem}.safetensors"
-        self.tokens: list[int] = []
-        self.cache: Cache | None = None
+        self.stem = re.sub(r"[^A-Za-z0-9_.-]", "_", model_id).lstrip(".") or "model"
+        self.max_bytes = max_bytes
+        self.max_file_bytes = max_file_bytes
+        self.index: dict[str, Path] = {}  # SHA-256 of the tokens -> the .safetensors path
         self.saves = 0
+        self.loads = 0
+        self.removed = 0
+        self._names = re.compile(rf"^{re.escape(self.stem)}(\.[0-9a-f]{{16}})?\.safetensors$")
 
-    @property
-    def files(self) -> list[Path]:
-        return [self.path, Path(f"{self.path}.len"), Path(f"{self.path}.hash")]
-
-    def load(self, reference: Reference | None = None, max_bytes: int = 4 << 30) -> None:
-        """Adopt the files on disk if they are whole, consistent and fit the
-        model (read and evaluated now: nothing is read from them later)."""
-        try:
-            raw = [read_regular(p, max_bytes if p == self.path else 1 << 10) for p in self.files]
-            if any(r is None for r in raw):
-                return
-            cache, meta = parse_cache(raw[0], reference)  # type: ignore[arg-type]
-            tokens = json.loads(meta["tokens"])
-            ok = (
-                isinstance(tokens, list)
-                and raw[2].decode().strip() == tokens_hash(tokens)  # type: ignore[union-attr]
-                and int(raw[1].decode().strip()) == len(tokens)  # type: ignore[union-attr]
-                and cache[0].offset == len(tokens)
-            )
-        except Exception as exc:  # damaged files are rebuilt, never trusted
-            log.warning("ignoring prefix cache %s: %s", self.path, exc)
+    def scan(self) -> None:
+        """Learn which prefixes are on disk (reads only their ``.hash`` files)."""
+        if not self.directory.is_dir():
             return
+        for entry in os.scandir(self.directory):
+            if not self._names.match(entry.name) or not entry.is_file(follow_symlinks=False):
+                continue
+            path = Path(entry.path)
+            try:
+                raw = read_regular(Path(f"{path}.hash"), 1 << 10)
+            except Exception as exc:
+                log.warning("ignoring prefix cache %s: %s", path.name, exc)
+                continue
+            digest = raw.decode(errors="replace").strip() if raw is not None else ""
+            if _HEX.match(digest):
+                self.index[digest] = path
+        if self.index:
+            log.info("%d system-prefix cache(s) on disk in %s", len(self.index), self.directory)
+
+    def has(self, tokens: list[int]) -> bool:
+        return tokens_hash(tokens) in self.index
+
+    def find(self, tokens: list[int], reference: Reference | None) -> Cache | None:
+        """The KV of exactly ``tokens`` if it is on disk and whole."""
+        digest = tokens_hash(tokens)
+        path = self.index.get(digest)
+        if path is None:
+            return None
+        try:
+            data = read_regular(path, self.max_file_bytes)
+            length = read_regular(Path(f"{path}.len"), 1 << 10)
+            if data is None or length is None:
+                raise ValueError("a file of the set is missing")
+            cache, meta = parse_cache(data, reference)
+            ok = json.loads(meta["tokens"]) == tokens and int(length.decode().strip()) == len(tokens)
+        except Exception as exc:  # damaged files are removed, never trusted
+            log.warning("removing prefix cache %s: %s", path.name, exc)
+            self._remove(digest)
+            return None
         if not ok:
-            log.warning("ignoring prefix cache %s: its .len/.hash do not match", self.path)
-            return
-        self.tokens, self.cache = tokens, cache
-        log.info("loaded system-prefix cache (%d tokens) from %s", len(tokens), self.path)
-
-    def match(self, prompt: list[int], system_len: int) -> Cache | None:
-        """A view of the cached prefix if it is exactly this prompt's system part."""
-        n = len(self.tokens)
-        if self.cache is None or n == 0 or n != system_len or n >= len(prompt):
+            log.warning("removing prefix cache %s: its tokens, .len or .hash do not match", path.name)
+            self._remove(digest)
             return None
-        if prompt[:n] != self.tokens:
-            return None
-        return prefix_view(self.cache, n)
+        with contextlib.suppress(OSError):
+            os.utime(path)  # recently used: removed last
+        self.loads += 1
+        log.info("loaded system-prefix cache (%d tokens) from %s", len(tokens), path.name)
+        return cache
 
-    def offer(self, tokens: list[int], cache: Cache, system_len: int) -> None:
-        """After a finished request: keep its system part if it is new."""
-        if system_len <= 0 or tokens[:system_len] == self.tokens:
-            return
-        view = prefix_view(cache, system_len)
-        if view is None:
-            return
-        prefix_tokens = tokens[:system_len]
-        try:
-            self._write(prefix_tokens, view)
-        except Exception as exc:  # a full disk must not fail the request (nor the batch it finished in)
-            log.warning("could not save the system-prefix cache: %s", exc)
-            return
-        self.tokens, self.cache = prefix_tokens, view
-        self.saves += 1
-
-    def _write(self, tokens: list[int], cache: Cache) -> None:
-        # Materialise exactly the prefix (a view may share longer arrays).
-        sliced = []
-        for c in cache:
-            k, v = c.keys[..., : c.offset, :], c.values[..., : c.offset, :]
-            mx.eval(k, v)
-            c2 = type(c)()
-            c2.keys, c2.values, c2.offset = k, v, c.offset
-            sliced.append(c2)
+    def save(self, tokens: list[int], cache: Cache) -> None:
+        """Write the set for ``tokens`` (a full disk is logged, not raised:
+        it must not fail the request that offered it)."""
+        digest = tokens_hash(tokens)
+        path = self.directory / f"{self.stem}.{digest[:16]}.safetensors"
 
         def data(f: BinaryIO) -> None:
-            save_prompt_cache(f, sliced, {"tokens": json.dumps(tokens)})  # type: ignore[arg-type]
+            save_prompt_cache(f, cache, {"tokens": json.dumps(tokens)})  # type: ignore[arg-type]
 
-        length, digest = str(len(tokens)).encode(), tokens_hash(tokens).encode()
+        length = str(len(tokens)).encode()
         # All three are written before any is renamed; a crash between the
-        # renames leaves files that fail the consistency check on load.
-        write_atomic(self.directory, {
-            self.path.name: data,
-            self.files[1].name: lambda f: f.write(length),
-            self.files[2].name: lambda f: f.write(digest),
-        })
-        log.info("saved system-prefix cache (%d tokens) to %s", len(tokens), self.path)
+        # renames leaves a set that fails the checks on load.
+        try:
+            write_atomic(self.directory, {
+                path.name: data,
+                f"{path.name}.len": lambda f: f.write(length),
+                f"{path.name}.hash": lambda f: f.write(digest.encode()),
+            })
+        except Exception as exc:
+            log.warning("could not save the system-prefix cache: %s", exc)
+            return
+        self.index[digest] = path
+        self.saves += 1
+        log.info("saved system-prefix cache (%d tokens) to %s", len(tokens), path.name)
+        self._enforce_budget(keep=digest)
+
+    def _enforce_budget(self, keep: str) -> None:
+        sizes: list[tuple[float, int, str]] = []
+        for digest, path in self.index.items():
+            try:
+                st = path.stat()
+            except OSError:
+                continue
+            extra = sum(Path(f"{path}{s}").stat().st_size for s in (".len", ".hash") if Path(f"{path}{s}").exists())
+            sizes.append((st.st_mtime, st.st_size + extra, digest))
+        total = sum(s for _, s, _ in sizes)
+        for _, size, digest in sorted(sizes):
+            if total <= self.max_bytes:
+                break
+            if digest != keep:
+                self._remove(digest)
+                total -= size
+
+    def _remove(self, digest: str) -> None:
+        path = self.index.pop(digest, None)
+        if path is None:
+            return
+        for p in (path, Path(f"{path}.len"), Path(f"{path}.hash")):
+            with contextlib.suppress(FileNotFoundError):
+                p.unlink()
+        self.removed += 1
+
+    @property
+    def files(self) -> int:
+        return len(self.index)
