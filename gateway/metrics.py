@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, Iterator
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, disable_created_metrics, generate_latest
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from protocol.messages import Usage
@@ -138,6 +138,7 @@ class _PoolCollector(Collector):
         conv_tokens = GaugeMetricFamily("kmlx:conversation_cache_tokens", "Tokens held in the worker's conversation caches.", labels=labels)
         conv_bytes = GaugeMetricFamily("kmlx:conversation_cache_bytes", "Memory held by the worker's conversation caches.", labels=labels)
         conv_count = GaugeMetricFamily("kmlx:conversation_cache_entries", "Conversations cached on the worker.", labels=labels)
+        cache = _CacheFamilies(labels)
         for w in self.pool.workers:
             model = w.state.info.model_id if w.state.info else ""
             key = [w.worker_id, model]
@@ -149,12 +150,49 @@ class _PoolCollector(Collector):
             waiting.add_metric(key, load.waiting)
             kv.add_metric(key, load.kv_tokens)
             inflight.add_metric(key, w.state.inflight)
-            cache = (self.stats.get(w.worker_id) or {}).get("kv_cache") or {}
-            if cache.get("enabled"):
-                conv_tokens.add_metric(key, cache.get("conversation_tokens", 0))
-                conv_bytes.add_metric(key, cache.get("conversation_bytes", 0))
-                conv_count.add_metric(key, cache.get("conversations", 0))
-        yield from (up, running, waiting, kv, inflight, conv_tokens, conv_bytes, conv_count)
+            summary = (self.stats.get(w.worker_id) or {}).get("kv_cache") or {}
+            if summary.get("enabled"):
+                conv_tokens.add_metric(key, summary.get("conversation_tokens", 0))
+                conv_bytes.add_metric(key, summary.get("conversation_bytes", 0))
+                conv_count.add_metric(key, summary.get("conversations", 0))
+                cache.add(key, summary)
+        yield from (up, running, waiting, kv, inflight, conv_tokens, conv_bytes, conv_count, *cache.families)
+
+
+class _CacheFamilies:
+    """The worker's prompt cache (worker/kv/manager.py ``summary``) as
+    Prometheus series; the token counters mirror vLLM's prefix-cache ones."""
+
+    # (metric, summary field, help)
+    COUNTERS = (
+        ("kmlx:prefix_cache_queries", "prompt_tokens_queried", "Prompt tokens looked up in the prompt cache."),
+        ("kmlx:prefix_cache_hits", "cached_tokens_served", "Prompt tokens served from the prompt cache."),
+        ("kmlx:prompt_cache_requests", "requests", "Requests that consulted the prompt cache."),
+        ("kmlx:prompt_cache_request_hits", "hits", "Requests that reused at least one cached token."),
+        ("kmlx:prompt_cache_evictions", "evictions", "Cached entries and checkpoints evicted (budget or age)."),
+        ("kmlx:prompt_cache_evicted_bytes", "evicted_bytes", "Bytes freed by evictions."),
+    )
+    GAUGES = (
+        ("kmlx:prompt_cache_hit_rate", "hit_rate", "Share of requests that reused cached tokens, since the worker started."),
+        ("kmlx:prompt_cache_bytes", "cache_bytes", "Memory held by the prompt cache."),
+        ("kmlx:prompt_cache_budget_bytes", "cache_budget_bytes", "The prompt cache's memory budget."),
+        ("kmlx:prompt_cache_tokens", "cache_tokens", "Tokens held by the prompt cache (shared prefixes once)."),
+    )
+
+    def __init__(self, labels: list[str]):
+        self._series: list[tuple[CounterMetricFamily | GaugeMetricFamily, str]] = [
+            (CounterMetricFamily(name, text, labels=labels), field) for name, field, text in self.COUNTERS
+        ] + [(GaugeMetricFamily(name, text, labels=labels), field) for name, field, text in self.GAUGES]
+
+    def add(self, key: list[str], summary: dict[str, Any]) -> None:
+        for family, field in self._series:
+            value = summary.get(field)
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                family.add_metric(key, value)
+
+    @property
+    def families(self) -> list[CounterMetricFamily | GaugeMetricFamily]:
+        return [f for f, _ in self._series]
 
 
 @router.get("/metrics", include_in_schema=False)

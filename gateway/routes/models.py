@@ -97,6 +97,9 @@ def sum_counters(rows: list[dict[str, Any]]) -> dict[str, Any]:
     out: dict[str, Any] = {"workers": len(rows)}
     for row in rows:
         _add_into(out, row)
+    cache = out.get("kv_cache")
+    if isinstance(cache, dict) and "hit_rate" in cache:  # a ratio: recomputed from the sums, not added
+        cache["hit_rate"] = round(cache.get("hits", 0) / cache["requests"], 4) if cache.get("requests") else 0.0
     return out
 
 

@@ -52,6 +52,17 @@ def test_metrics_match_the_requests_usage(make_stack, tiny_model_path):
     assert total(m, "kmlx:worker_up", worker="worker") == 1
     assert ("kmlx:num_requests_running", frozenset({("worker", "worker"), ("model_name", _model(stack))})) in m
     assert total(m, "kmlx:num_requests_waiting") == 0
+    # The worker's prompt cache: its own counters agree with what the requests were told.
+    cached = sum(u["prompt_tokens_details"]["cached_tokens"] for u in usages)
+    hits = sum(1 for u in usages if u["prompt_tokens_details"]["cached_tokens"])
+    assert total(m, "kmlx:prefix_cache_hits_total") == cached > 0  # the four prompts share the chat template's opening
+    assert total(m, "kmlx:prefix_cache_queries_total") == sum(u["prompt_tokens"] for u in usages)
+    assert total(m, "kmlx:prompt_cache_requests_total") == 4 and total(m, "kmlx:prompt_cache_request_hits_total") == hits
+    assert total(m, "kmlx:prompt_cache_hit_rate") == hits / 4
+    assert 0 < total(m, "kmlx:prompt_cache_bytes") <= total(m, "kmlx:prompt_cache_budget_bytes")
+    assert total(m, "kmlx:prompt_cache_evictions_total") == 0
+    stats = httpx.get(f"{stack.base_url}/stats", timeout=10).json()["total"]["kv_cache"]
+    assert stats["cached_tokens_served"] == cached and stats["hit_rate"] == round(hits / 4, 4)
 
 
 def _model(stack) -> str:
