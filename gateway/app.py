@@ -14,7 +14,8 @@ from .config import GatewayConfig
 from .errors import install_error_handlers
 from .operations import install_operations
 from .pool import WorkerPool
-from .routes import chat, completions, conv_kv, messages, models, tokenize
+from .response_store import ResponseStore
+from .routes import chat, completions, conv_kv, messages, models, responses, tokenize
 
 log = logging.getLogger("kmlx.gateway")
 
@@ -36,11 +37,13 @@ def create_app(config: GatewayConfig) -> FastAPI:
     app.state.config = config
     app.state.pool = pool
     app.state.draining = False
+    app.state.responses = ResponseStore(config.responses)  # /v1/responses with store (response_store.py)
     install_error_handlers(app)
     install_operations(app, config.ops, pool)  # metrics, request log, API key, CORS, body cap, request ids
     app.include_router(chat.router)
     app.include_router(messages.router)
     app.include_router(completions.router)
+    app.include_router(responses.router)
     app.include_router(models.router)
     app.include_router(conv_kv.router)
     app.include_router(tokenize.router)

@@ -8,12 +8,13 @@ from .config import GatewayConfig, WorkerSpec, WorkersFileError, load_workers_fi
 from .logging_setup import configure_logging
 from .media import add_media_arguments, media_config_from_args
 from .ops_config import add_ops_arguments, ops_config_from_args
+from .response_store import add_response_store_arguments, response_store_config_from_args
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="kmlx-gateway",
-        description="Serve the OpenAI chat API in front of one or more kmlx workers.",
+        description="Serve the OpenAI (chat, responses, completions) and Anthropic (messages) APIs in front of one or more kmlx workers.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument("--host", default="0.0.0.0")
@@ -43,6 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--log-level", default="INFO")
     add_ops_arguments(p)  # access, limits, log format, tracing (docs/operations.md)
     add_media_arguments(p)  # local media directories, fetch timeout (docs/vision.md)
+    add_response_store_arguments(p)  # stored /v1/responses (docs/apis.md)
     return p
 
 
@@ -74,6 +76,7 @@ def main(argv: list[str] | None = None) -> None:
         keep_alive_seconds=args.keep_alive,
         ops=ops_config_from_args(args),
         media=media_config_from_args(args),
+        responses=response_store_config_from_args(args),
     )
     import uvicorn
 

@@ -9,6 +9,7 @@ from typing import Any
 
 from .media import MediaConfig
 from .ops_config import OpsConfig
+from .response_store import ResponseStoreConfig
 
 
 @dataclass(frozen=True)
@@ -39,6 +40,7 @@ class GatewayConfig:
     ping_timeout: float = 120.0  # one CPU prefill chunk can take many seconds
     ops: OpsConfig = field(default_factory=OpsConfig)  # access, limits, logs (ops_config.py)
     media: MediaConfig = field(default_factory=MediaConfig)  # images and video (media.py)
+    responses: ResponseStoreConfig = field(default_factory=ResponseStoreConfig)  # stored /v1/responses (response_store.py)
 
 
 class WorkersFileError(ValueError):

@@ -79,11 +79,12 @@ def refuse_if_draining(request: Request) -> None:
         raise APIError(503, "gateway is shutting down", code="shutting_down", headers={"Retry-After": "5"})
 
 
-def new_request_id(request: Request, prefix: str) -> str:
-    """The client's sane ``X-Request-Id`` (kept by access.py), else an id in
-    the API's own shape (``chatcmpl-…``, ``msg_…``); echoed as X-Request-Id."""
+def new_request_id(request: Request, prefix: str, *, default: str | None = None) -> str:
+    """The client's sane ``X-Request-Id`` (kept by access.py), else
+    ``default`` or an id in the API's own shape (``chatcmpl-…``, ``msg_…``);
+    echoed as X-Request-Id."""
     state = request.state
-    rid = state.request_id if getattr(state, "request_id_given", False) else f"{prefix}{uuid.uuid4().hex}"
+    rid = state.request_id if getattr(state, "request_id_given", False) else default or f"{prefix}{uuid.uuid4().hex}"
     state.request_id = rid
     return rid
 
