@@ -58,7 +58,8 @@ def test_the_sdks_stream_helper_accumulates_a_completed_response(smol):
 
 def test_a_chain_reuses_the_previous_turns_kv(smol):
     first = smol.responses.create(model="m", input="Name three fruits.", instructions="Be brief.", max_output_tokens=30, **GREEDY)
-    assert first.usage.input_tokens_details.cached_tokens == 0  # a new chain: nothing cached yet
+    # A new chain: at most the template's opening tokens are cached (shared by every prompt).
+    assert first.usage.input_tokens_details.cached_tokens < 5
     second = smol.responses.create(model="m", input="And three vegetables?", instructions="Be brief.",
                                    previous_response_id=first.id, max_output_tokens=30, **GREEDY)
     cached = second.usage.input_tokens_details.cached_tokens
