@@ -222,8 +222,8 @@ def serve(args: argparse.Namespace, loaded) -> None:
     inbox: queue.Queue = queue.Queue()
     transport = Transport(args.bind, info, inbox)
     engine = Engine(scheduler, transport, inbox)
-    if hasattr(scheduler, "set_wake"):  # the media thread wakes an idle compute loop
-        scheduler.set_wake(lambda: inbox.put(Incoming(b"", Abort(request_ids=[]))))
+    # The prompt (and media) threads wake an idle compute loop when a job is done.
+    scheduler.set_wake(lambda: inbox.put(Incoming(b"", Abort(request_ids=[]))))
     transport.start()
     log.info("worker %s serving %s on %s", info.worker_id, info.model_id, transport.endpoint)
 

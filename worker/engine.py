@@ -76,7 +76,7 @@ class Engine:
                     self._queue(out)
                 self._expire_deadlines()
             self._flush()
-            if self._draining and not self.scheduler.has_work:
+            if self._draining and not self.scheduler.has_work and not self.scheduler.waiting:  # none still rendering
                 return
 
     def stop(self, *, drain: bool) -> None:

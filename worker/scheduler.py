@@ -8,9 +8,10 @@ never freezes the streams already running. Runs on the compute thread only.
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 from mlx_lm.generate import BatchGenerator, StopSequences
 
@@ -20,13 +21,16 @@ from .generation_config import Sampling, SamplingDefaults, build_defaults
 from .grammar import GrammarCompiler, GrammarError, GrammarProcessor, answer_schema, response_format_grammar, tool_call_grammar
 from .logprobs import TokenBytes, read_logprobs
 from .kv.manager import ControlError, Plan, PromptCacheManager
-from .prompt import PromptError, render_prompt, template_source, template_variables
+from .prompt import Prompt, PromptError, render_prompt, template_source, template_variables
+from .prompt_jobs import INLINE_CHARS, PromptJobs, text_chars
 from .raw_prompt import render_raw
 from .sampling import make_logits_processors, make_sampler
-from .sequence import Sequence, prompt_only, rejection
+from .sequence import Sequence, ended_unstarted, prompt_only, rejection
 from .text_stream import TextStream
 from .text_stream import THINK_CLOSE
 from .tool_format import FALLBACK, ToolPlan, detect as detect_tool_format
+
+log = logging.getLogger("kmlx.worker.scheduler")
 
 
 @dataclass
@@ -36,6 +40,16 @@ class SchedulerLimits:
     prefill_chunk: int = 512  # prompt tokens per step and sequence
     default_max_tokens: int | None = None  # None: up to the context length
     max_tokens_limit: int | None = None  # operator's cap on any one completion
+
+
+@dataclass
+class _Rendering:
+    """A request whose prompt the prompt thread is rendering."""
+
+    client: bytes
+    request: ChatRequest
+    sampling: Sampling
+    arrived: float
 
 
 @dataclass
@@ -92,6 +106,8 @@ class Scheduler:
         self._by_uid: dict[int, Sequence] = {}
         self._by_id: dict[str, Sequence] = {}
         self._retired: dict[int, Sequence] = {}  # finished by a stop string, awaiting removal
+        self.prompts = PromptJobs(tokenizer, context_length)  # big prompts render beside the loop
+        self._rendering: dict[str, _Rendering] = {}
 
     # ------------------------------------------------------------------ #
     @property
@@ -100,22 +116,33 @@ class Scheduler:
 
     @property
     def waiting(self) -> int:
-        return len(self._by_uid) - self.running
+        return len(self._by_uid) - self.running + len(self._rendering)
 
     @property
     def has_work(self) -> bool:
-        return bool(self._by_uid)
+        """Something for ``step`` to do now (a prompt still rendering is not:
+        the prompt thread wakes the loop when it is done)."""
+        return bool(self._by_uid) or self.prompts.has_done
 
     def kv_tokens(self) -> int:
         return sum(len(s.prompt.token_ids) + s.completion_tokens for s in self._by_uid.values())
 
     def sequences_of(self, client: bytes) -> list[str]:
-        return [s.request_id for s in self._by_id.values() if s.client == client]
+        return [s.request_id for s in self._by_id.values() if s.client == client] + [
+            rid for rid, r in self._rendering.items() if r.client == client
+        ]
+
+    def set_wake(self, wake: Callable[[], None]) -> None:
+        """How a helper thread wakes a compute loop idling on its inbox."""
+        self.prompts.set_wake(wake)
 
     # ------------------------------------------------------------------ #
-    def admit(self, client: bytes, req: ChatRequest) -> RequestOutput:
-        """Queue a request. Returns its first output: the cache decision, or
-        (with ``finish_reason="error"``) why it was refused."""
+    def admit(self, client: bytes, req: ChatRequest) -> RequestOutput | None:
+        """Queue a request. Returns its first output (the cache decision, or
+        with ``finish_reason="error"`` why it was refused), or None when its
+        prompt is big enough to render on the prompt thread: that output
+        then comes from a later ``step``."""
+        arrived = time.perf_counter()
         if self.waiting >= self.limits.max_waiting:
             self.counters.rejected += 1
             return rejection(
@@ -126,16 +153,42 @@ class Scheduler:
         if isinstance(sampling, ErrorInfo):
             self.counters.rejected += 1
             return rejection(req.request_id, sampling)
+        chars = text_chars(req)
+        too_long = self.prompts.too_long(req, chars)
+        if too_long is not None:
+            self.counters.rejected += 1
+            return rejection(req.request_id, too_long)
+        if chars > INLINE_CHARS:
+            self._rendering[req.request_id] = _Rendering(client, req, sampling, arrived)
+            self.prompts.submit(req.request_id, lambda tokenizer: self.render(tokenizer, req))
+            return None
         try:
-            if req.prompt is not None:
-                prompt = render_raw(self.tokenizer, req.prompt, req.suffix, vocab_size=self.vocab_size)
-            else:
-                variables = self.template_variables(req)
-                prompt = render_prompt(self.tokenizer, req.messages, model_id=self.model_id, tools=self.tool_plan(req), variables=variables)
+            prompt = self.render(self.tokenizer, req)
         except PromptError as exc:
             self.counters.rejected += 1
             return rejection(req.request_id, ErrorInfo(str(exc), param=exc.param, code=exc.code))
+        return self._admit_prompt(client, req, sampling, prompt, arrived)
 
+    def render(self, tokenizer: Any, req: ChatRequest) -> Prompt:
+        """The request's prompt token ids (either thread, its own tokenizer); raises PromptError."""
+        if req.prompt is not None:
+            return render_raw(tokenizer, req.prompt, req.suffix, vocab_size=self.vocab_size)
+        variables = self.template_variables(req, tokenizer)
+        return render_prompt(tokenizer, req.messages, model_id=self.model_id, tools=self.tool_plan(req), variables=variables)
+
+    def _rendered(self, r: _Rendering, prompt: Prompt | None, error: BaseException | None) -> RequestOutput:
+        """The prompt thread is done with a request: admit or refuse it."""
+        if error is not None or prompt is None:
+            self.counters.rejected += 1
+            if isinstance(error, PromptError):
+                return rejection(r.request.request_id, ErrorInfo(str(error), param=error.param, code=error.code))
+            log.error("rendering the prompt of %s failed: %r", r.request.request_id, error)
+            err = ErrorInfo(f"the worker could not render the prompt: {error}", type="server_error", code="prompt_error", status=500)
+            return rejection(r.request.request_id, err)
+        return self._admit_prompt(r.client, r.request, r.sampling, prompt, r.arrived)
+
+    def _admit_prompt(self, client: bytes, req: ChatRequest, sampling: Sampling, prompt: Prompt, arrived: float) -> RequestOutput:
+        """Admission once the prompt's token ids are known."""
         try:
             constraint = self.constraint(req, prompt.starts_in_reasoning)
         except GrammarError as exc:
@@ -168,6 +221,7 @@ class Scheduler:
             cache=plan.info,
             plan=plan,
             constraint=constraint,
+            arrived=arrived,
         )
         self._insert(seq, prompt.token_ids[cached:], plan.cache, prompt.token_ids[:cached])
         self.counters.admitted += 1
@@ -229,10 +283,11 @@ class Scheduler:
             split_thinking=chat, tools=parser,
         )
 
-    def template_variables(self, req: ChatRequest) -> dict[str, Any]:
+    def template_variables(self, req: ChatRequest, tokenizer: Any = None) -> dict[str, Any]:
         """Extra chat-template variables for this request; raises PromptError."""
         return template_variables(
-            self.tokenizer, req.chat_template_kwargs, defaults=self.template_defaults, reasoning_effort=req.reasoning_effort
+            tokenizer or self.tokenizer, req.chat_template_kwargs, defaults=self.template_defaults,
+            reasoning_effort=req.reasoning_effort,
         )
 
     def resolve_sampling(self, req: ChatRequest) -> Sampling | ErrorInfo:
@@ -269,6 +324,12 @@ class Scheduler:
 
     def abort(self, request_id: str, *, error: ErrorInfo | None = None) -> RequestOutput | None:
         """Remove a request wherever it is; idempotent."""
+        rendering = self._rendering.pop(request_id, None)
+        if rendering is not None:
+            self.prompts.cancel(request_id)
+            self.counters.aborted += error is None
+            self.counters.errors += error is not None
+            return ended_unstarted(request_id, error, rendering.arrived, CacheInfo(mode="none"))
         seq = self._by_id.get(request_id)
         if seq is None:
             return None
@@ -278,11 +339,23 @@ class Scheduler:
         return self._retire(seq, "error" if error else "abort", error=error)
 
     def expired(self, now: float) -> list[str]:
-        return [s.request_id for s in self._by_id.values() if s.request.deadline and s.request.deadline < now]
+        requests = [s.request for s in self._by_id.values()] + [r.request for r in self._rendering.values()]
+        return [r.request_id for r in requests if r.deadline and r.deadline < now]
 
     # ------------------------------------------------------------------ #
     def step(self) -> list[RequestOutput]:
-        """One decode step for the running batch plus one prefill chunk."""
+        """Admit the requests whose prompts are rendered, then one decode
+        step for the running batch plus one prefill chunk."""
+        outputs: list[RequestOutput] = []
+        for done in self.prompts.take_done():
+            rendering = self._rendering.pop(done.request_id, None)
+            if rendering is not None:
+                outputs.append(self._rendered(rendering, done.result, done.error))
+        if self._by_uid:
+            outputs += self._step_batch()
+        return outputs
+
+    def _step_batch(self) -> list[RequestOutput]:
         prompt_responses, gen_responses = self._batch.next()
         self.counters.steps += 1
         now = time.perf_counter()
@@ -362,6 +435,7 @@ class Scheduler:
             self.kv.finish(seq.plan, tokens, cache, hashes=list(seq.prompt.message_hashes), boundaries=[seq.prompt.system_tokens])
 
     def close(self) -> None:
+        self.prompts.close()
         self._batch.close()
 
 

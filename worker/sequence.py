@@ -84,6 +84,18 @@ class Sequence:
         )
 
 
+def ended_unstarted(request_id: str, error: ErrorInfo | None, arrived: float, cache: CacheInfo) -> RequestOutput:
+    """The last output of a request aborted (or failed) before it was
+    admitted to the batch, e.g. while its prompt or media was prepared."""
+    return RequestOutput(
+        request_id=request_id,
+        started=cache,
+        finish_reason="error" if error else "abort",
+        error=error,
+        usage=Usage(queue_seconds=time.perf_counter() - arrived),
+    )
+
+
 def rejection(request_id: str, error: ErrorInfo) -> RequestOutput:
     """The only output of a request refused at admission."""
     return RequestOutput(

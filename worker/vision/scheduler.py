@@ -19,12 +19,13 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
-from protocol.messages import CacheInfo, ChatRequest, ErrorInfo, RequestOutput, Usage
+from protocol.messages import CacheInfo, ChatRequest, ErrorInfo, RequestOutput
 
 from ..grammar import GrammarError
 from ..prompt import Prompt, PromptError
+from ..prompt_jobs import text_chars
 from ..scheduler import Scheduler, SchedulerLimits
-from ..sequence import Sequence, prompt_only, rejection
+from ..sequence import Sequence, ended_unstarted, prompt_only, rejection
 from .batch_model import BatchView
 from .media import MediaError, MediaLimits
 from .media_thread import MediaThread
@@ -114,7 +115,8 @@ class VisionScheduler(Scheduler):
         self._prefilling: deque[_Prefill] = deque()
 
     def set_wake(self, wake: Any) -> None:
-        """How the media thread wakes a compute loop idling on its inbox."""
+        """How the media and prompt threads wake a compute loop idling on its inbox."""
+        super().set_wake(wake)
         self.media.wake = wake
 
     # ------------------------------------------------------------------ #
@@ -152,6 +154,10 @@ class VisionScheduler(Scheduler):
                 req.request_id,
                 ErrorInfo("worker queue is full, retry shortly", type="overloaded_error", code="queue_full", status=503),
             )
+        too_long = self.prompts.too_long(req, text_chars(req))  # before the media thread renders it
+        if too_long is not None:
+            self.counters.rejected += 1
+            return rejection(req.request_id, too_long)
         self._preparing[req.request_id] = _Pending(client, req, time.perf_counter())
         self.media.submit(
             req.request_id,
@@ -164,13 +170,7 @@ class VisionScheduler(Scheduler):
         if pending is not None:
             self.media.cancel(request_id)
             self._count_end(error)
-            return RequestOutput(
-                request_id=request_id,
-                started=CacheInfo(mode="disabled"),
-                finish_reason="error" if error else "abort",
-                error=error,
-                usage=Usage(queue_seconds=time.perf_counter() - pending.arrived),
-            )
+            return ended_unstarted(request_id, error, pending.arrived, CacheInfo(mode="disabled"))
         for p in self._prefilling:
             if p.seq.request_id == request_id:
                 self._prefilling.remove(p)
