@@ -29,6 +29,7 @@ class Prompt:
     starts_in_reasoning: bool  # the template opened <think> for the model
     system_tokens: int = 0  # length of the rendered leading system message(s)
     message_hashes: tuple[str, ...] = ()
+    last_message_end: int = 0  # where the generation prompt starts (0: not asked for, or not found)
 
 
 def _text_of(content: Any, *, model_id: str, index: int) -> str:
@@ -143,11 +144,15 @@ def render_prompt(
     model_id: str,
     tools: "ToolPlan | None" = None,
     variables: dict[str, Any] | None = None,
+    mark_last_message: bool = False,
 ) -> Prompt:
+    """``mark_last_message``: also find where the last message ends (the
+    prompt cache checkpoints there for caches that cannot be cut)."""
     chat = normalise_messages(messages, model_id=model_id)
     if tools is not None:
         chat = tools.chat(chat)
-    text = _apply_template(tokenizer, chat, tools.template_tools() if tools is not None else None, variables)
+    template_tools = tools.template_tools() if tools is not None else None
+    text = _apply_template(tokenizer, chat, template_tools, variables)
     ids = tokenizer.encode(text, add_special_tokens=False)
     if not ids:
         raise PromptError("the rendered prompt is empty")
@@ -159,7 +164,30 @@ def render_prompt(
         starts_in_reasoning=opened,
         system_tokens=_system_tokens(tokenizer, chat, ids, variables),
         message_hashes=tuple(_hash(m) for m in chat),
+        last_message_end=_last_message_end(tokenizer, chat, template_tools, variables, text, ids) if mark_last_message else 0,
     )
+
+
+def _last_message_end(
+    tokenizer: Any, chat: list[dict[str, Any]], tools: list[dict[str, Any]] | None, variables: dict[str, Any] | None,
+    text: str, ids: list[int],
+) -> int:
+    """Where the generation prompt (``<|im_start|>assistant``, an opened
+    ``<think>``, ...) starts in ``ids``: the history's end, which the next
+    turn's prompt shares even when the template re-renders the reply."""
+    if chat[-1]["role"] == "assistant":
+        return 0
+    kwargs: dict[str, Any] = {**(variables or {}), "add_generation_prompt": False}
+    if tools:
+        kwargs["tools"] = tools
+    try:
+        head = tokenizer.apply_chat_template(chat, tokenize=False, **kwargs)
+    except Exception:
+        return 0
+    if not text.startswith(head) or len(head) == len(text):
+        return 0
+    tail = tokenizer.encode(text[len(head):], add_special_tokens=False)
+    return len(ids) - len(tail) if 0 < len(tail) < len(ids) and ids[-len(tail):] == tail else 0
 
 
 def _system_tokens(tokenizer: Any, chat: list[dict[str, Any]], ids: list[int], variables: dict[str, Any] | None = None) -> int:

@@ -20,7 +20,8 @@ from protocol.messages import CacheInfo, ChatRequest, ErrorInfo, RequestOutput
 from .generation_config import Sampling, SamplingDefaults, build_defaults
 from .grammar import GrammarCompiler, GrammarError, GrammarProcessor, answer_schema, response_format_grammar, tool_call_grammar
 from .logprobs import TokenBytes, read_logprobs
-from .kv.manager import ControlError, Plan, PromptCacheManager
+from .kv.manager import ControlError, PromptCacheManager
+from .prefix_sharing import PrefixSharing
 from .prompt import Prompt, PromptError, render_prompt, template_source, template_variables
 from .prompt_jobs import INLINE_CHARS, PromptJobs, text_chars
 from .raw_prompt import render_raw
@@ -108,6 +109,7 @@ class Scheduler:
         self._retired: dict[int, Sequence] = {}  # finished by a stop string, awaiting removal
         self.prompts = PromptJobs(tokenizer, context_length)  # big prompts render beside the loop
         self._rendering: dict[str, _Rendering] = {}
+        self._sharing = PrefixSharing(kv, self._extract) if kv is not None and kv.config.enabled else None
 
     # ------------------------------------------------------------------ #
     @property
@@ -116,21 +118,25 @@ class Scheduler:
 
     @property
     def waiting(self) -> int:
-        return len(self._by_uid) - self.running + len(self._rendering)
+        return len(self._by_uid) - self.running + len(self._rendering) + len(self._parked())
 
     @property
     def has_work(self) -> bool:
         """Something for ``step`` to do now (a prompt still rendering is not:
         the prompt thread wakes the loop when it is done)."""
-        return bool(self._by_uid) or self.prompts.has_done
+        return bool(self._by_uid) or self.prompts.has_done or bool(self._parked())
 
     def kv_tokens(self) -> int:
         return sum(len(s.prompt.token_ids) + s.completion_tokens for s in self._by_uid.values())
 
     def sequences_of(self, client: bytes) -> list[str]:
-        return [s.request_id for s in self._by_id.values() if s.client == client] + [
+        return [s.request_id for s in [*self._by_id.values(), *self._parked()] if s.client == client] + [
             rid for rid, r in self._rendering.items() if r.client == client
         ]
+
+    def _parked(self) -> list[Sequence]:
+        """Requests waiting for a running sequence's prefix (prefix_sharing.py)."""
+        return [p.seq for p in self._sharing.parked.values()] if self._sharing is not None else []
 
     def set_wake(self, wake: Callable[[], None]) -> None:
         """How a helper thread wakes a compute loop idling on its inbox."""
@@ -174,9 +180,10 @@ class Scheduler:
         if req.prompt is not None:
             return render_raw(tokenizer, req.prompt, req.suffix, vocab_size=self.vocab_size)
         variables = self.template_variables(req, tokenizer)
-        return render_prompt(tokenizer, req.messages, model_id=self.model_id, tools=self.tool_plan(req), variables=variables)
+        return render_prompt(tokenizer, req.messages, model_id=self.model_id, tools=self.tool_plan(req), variables=variables,
+                             mark_last_message=self.kv is not None and self.kv.needs_checkpoints)
 
-    def _rendered(self, r: _Rendering, prompt: Prompt | None, error: BaseException | None) -> RequestOutput:
+    def _rendered(self, r: _Rendering, prompt: Prompt | None, error: BaseException | None) -> RequestOutput | None:
         """The prompt thread is done with a request: admit or refuse it."""
         if error is not None or prompt is None:
             self.counters.rejected += 1
@@ -187,7 +194,7 @@ class Scheduler:
             return rejection(r.request.request_id, err)
         return self._admit_prompt(r.client, r.request, r.sampling, prompt, r.arrived)
 
-    def _admit_prompt(self, client: bytes, req: ChatRequest, sampling: Sampling, prompt: Prompt, arrived: float) -> RequestOutput:
+    def _admit_prompt(self, client: bytes, req: ChatRequest, sampling: Sampling, prompt: Prompt, arrived: float) -> RequestOutput | None:
         """Admission once the prompt's token ids are known."""
         try:
             constraint = self.constraint(req, prompt.starts_in_reasoning)
@@ -204,12 +211,6 @@ class Scheduler:
             self.counters.finished += 1
             return prompt_only(req.request_id, n_prompt)
 
-        try:
-            plan = self.kv.plan(req, prompt.token_ids, prompt.system_tokens) if self.kv else Plan(CacheInfo("disabled", 0, n_prompt))
-        except ControlError as exc:  # its saved cache is damaged: this request alone fails
-            self.counters.rejected += 1
-            return rejection(req.request_id, ErrorInfo(str(exc), param="conversation", code=exc.code, status=exc.status))
-        cached = plan.info.cached_tokens
         seq = Sequence(
             request=req,
             client=client,
@@ -218,23 +219,41 @@ class Scheduler:
             detokenizer=self.tokenizer.detokenizer,
             text=self.text_stream(req, prompt.starts_in_reasoning),
             max_tokens=max_tokens,
-            cache=plan.info,
-            plan=plan,
+            cache=CacheInfo("disabled", 0, n_prompt),
             constraint=constraint,
             arrived=arrived,
         )
-        self._insert(seq, prompt.token_ids[cached:], plan.cache, prompt.token_ids[:cached])
+        return self._place(seq)
+
+    def _place(self, seq: Sequence) -> RequestOutput | None:
+        """Plan the prompt cache and join the batch — or wait (None) for a
+        running sequence that is computing this prompt's prefix."""
+        if self._sharing is not None and self._sharing.wait(seq, self._by_uid.values()):
+            return None
+        req, prompt = seq.request, seq.prompt
+        try:
+            if self.kv is not None:
+                seq.plan = self.kv.plan(req, prompt.token_ids, prompt.system_tokens, prompt.last_message_end)
+                seq.cache = seq.plan.info
+        except ControlError as exc:  # its saved cache is damaged: this request alone fails
+            self.counters.rejected += 1
+            return rejection(req.request_id, ErrorInfo(str(exc), param="conversation", code=exc.code, status=exc.status))
+        cached = seq.cache.cached_tokens
+        self._insert(seq, prompt.token_ids[cached:], seq.plan.cache if seq.plan else None, prompt.token_ids[:cached])
         self.counters.admitted += 1
-        self.counters.prompt_tokens += n_prompt - cached
+        self.counters.prompt_tokens += len(prompt.token_ids) - cached
         # Announce the cache decision now, so the gateway can send response
         # headers before a long prefill finishes.
         return seq.output()
 
     def _insert(self, seq: Sequence, tokens: list[int], cache: list[Any] | None, cached_tokens: list[int]) -> None:
         """Put a sequence into the running batch: ``tokens`` still to prefill
-        on top of ``cache`` (which already holds ``cached_tokens``)."""
-        (uid,) = self._batch.insert(
-            [tokens],
+        on top of ``cache`` (which already holds ``cached_tokens``), stopping
+        at the plan's checkpoints so their states can be stored."""
+        cuts = [b - len(cached_tokens) for b in (seq.plan.checkpoints if seq.plan else [])]
+        seq.kv_length = len(cached_tokens)
+        (uid,) = self._batch.insert_segments(
+            [[tokens[a:b] for a, b in zip([0, *cuts], [*cuts, len(tokens)])]],
             caches=[cache] if cache is not None else None,
             all_tokens=[cached_tokens],
             max_tokens=[seq.max_tokens],
@@ -330,6 +349,12 @@ class Scheduler:
             self.counters.aborted += error is None
             self.counters.errors += error is not None
             return ended_unstarted(request_id, error, rendering.arrived, CacheInfo(mode="none"))
+        parked = self._sharing.remove(request_id) if self._sharing is not None else None
+        if parked is not None:
+            self.counters.aborted += error is None
+            self.counters.errors += error is not None
+            self.counters.finished += 1
+            return parked.final("error" if error else "abort", error=error)
         seq = self._by_id.get(request_id)
         if seq is None:
             return None
@@ -339,21 +364,28 @@ class Scheduler:
         return self._retire(seq, "error" if error else "abort", error=error)
 
     def expired(self, now: float) -> list[str]:
-        requests = [s.request for s in self._by_id.values()] + [r.request for r in self._rendering.values()]
+        requests = [s.request for s in [*self._by_id.values(), *self._parked()]] + [r.request for r in self._rendering.values()]
         return [r.request_id for r in requests if r.deadline and r.deadline < now]
+
+    def _extract(self, uid: int) -> tuple[list[int], list[Any]] | None:
+        """A running sequence's tokens and KV cache as they are now."""
+        state = self._batch.extract_cache([uid]).get(uid)
+        return (list(state[1]), state[0]) if state is not None else None
 
     # ------------------------------------------------------------------ #
     def step(self) -> list[RequestOutput]:
         """Admit the requests whose prompts are rendered, then one decode
         step for the running batch plus one prefill chunk."""
-        outputs: list[RequestOutput] = []
+        outputs: list[RequestOutput | None] = []
         for done in self.prompts.take_done():
             rendering = self._rendering.pop(done.request_id, None)
             if rendering is not None:
                 outputs.append(self._rendered(rendering, done.result, done.error))
         if self._by_uid:
             outputs += self._step_batch()
-        return outputs
+        if self._sharing is not None and self._sharing.parked:  # their prefix may be ready now
+            outputs += [self._place(seq) for seq in self._sharing.ready(self._by_uid)]
+        return [o for o in outputs if o is not None]
 
     def _step_batch(self) -> list[RequestOutput]:
         prompt_responses, gen_responses = self._batch.next()
@@ -362,8 +394,8 @@ class Scheduler:
         outputs: list[RequestOutput] = []
         for p in prompt_responses:
             seq = self._by_uid.get(p.uid)
-            if seq is not None and seq.prefill_started is None:
-                seq.prefill_started = now
+            if seq is not None:
+                self._prefilled(seq, p.progress[0], p.end_of_segment and not p.end_of_prompt, now)
         self._read_logprobs(gen_responses)
         stopped_early: list[int] = []
         for r in gen_responses:
@@ -385,6 +417,15 @@ class Scheduler:
                 self._commit(seq, tokens, cache)
         return outputs
 
+    def _prefilled(self, seq: Sequence, done: int, end_of_segment: bool, now: float) -> None:
+        """Prefill progress: ``done`` prompt tokens past the cached ones are in the KV."""
+        seq.prefill_started = seq.prefill_started or now
+        seq.kv_length = seq.cache.cached_tokens + done
+        if end_of_segment and self.kv is not None and seq.plan is not None and seq.kv_length in seq.plan.checkpoints:
+            state = self._extract(seq.uid)  # stopped at a message boundary: keep the state there
+            if state is not None:
+                self.kv.checkpoint(seq.plan, *state)
+
     def _read_logprobs(self, responses: list[Any]) -> None:
         """Log-probabilities for the sequences that asked, all in one read."""
         asked: list[tuple[Sequence, tuple[int, Any, int]]] = []
@@ -400,6 +441,7 @@ class Scheduler:
         if seq.first_token_at is None:
             seq.first_token_at = now
             seq.prefill_started = seq.prefill_started or now
+            seq.kv_length = len(seq.prompt.token_ids)
         seq.last_token_at = now
         seq.completion_tokens += 1
         self.counters.generation_tokens += 1

@@ -24,6 +24,7 @@ class Sequence:
     max_tokens: int
     cache: CacheInfo
     uid: int = -1  # BatchGenerator uid once inserted
+    kv_length: int = 0  # prompt tokens in its KV so far (cached + prefilled)
     arrived: float = field(default_factory=time.perf_counter)
     prefill_started: float | None = None
     first_token_at: float | None = None

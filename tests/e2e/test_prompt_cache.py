@@ -8,6 +8,7 @@ import uuid
 from pathlib import Path
 
 import httpx
+import pytest
 
 from tests.support.processes import start_worker, wait_healthy
 
@@ -203,3 +204,38 @@ def test_disable_kv_cache_flag(make_stack, tiny_model_path):
     for _ in range(2):
         mode, cached, _ = kv(chat(stack, "x", msgs))
         assert (mode, cached) == ("disabled", 0)
+
+
+@pytest.mark.parametrize("arch", ["qwen3_next", "gemma3_text"])
+def test_caches_that_cannot_be_cut_are_saved_loaded_and_resumed(make_stack, log_dir, arch):
+    """A hybrid (linear attention) and a sliding-window model: a new chat
+    starts from the system prompt's checkpoint, and a finished turn's state
+    survives a save, a kill and a load."""
+    import json
+
+    from mlx_lm.utils import load_tokenizer
+
+    from worker.models.tiny_arch import build_tiny_arch
+
+    model = build_tiny_arch(arch)
+    disk = log_dir / f"conversations-{uuid.uuid4().hex}"
+    args = ["--conversation-disk-dir", str(disk)]
+    stack = make_stack(model, worker_args=args)
+    msgs = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": "Tell me about the harbour, at length."}]
+    chat(stack, "kept", msgs, max_tokens=40)
+    other = [msgs[0], {"role": "user", "content": "Something else entirely."}]
+    r = chat(stack, "other", other)
+    assert kv(r)[0] == "fresh" and kv(r)[1] > 0  # the system prompt's checkpoint
+    assert answer(r) == uncached(stack, other)
+
+    assert httpx.post(f"{stack.base_url}/conv_kv/save", json={"conversation": "kept"}, timeout=60).status_code == 200
+    restart_worker(stack, model, log_dir, kill=signal.SIGKILL, args=args)
+    assert httpx.post(f"{stack.base_url}/conv_kv/load", json={"conversation": "kept"}, timeout=60).status_code == 200
+    tokens = json.loads(next(disk.glob("kept-*.json")).read_text())["tokens"]
+    more = load_tokenizer(model).encode("<|im_end|>\n<|im_start|>user\nGo on.<|im_end|>\n<|im_start|>assistant\n", add_special_tokens=False)
+    body = {"prompt": tokens + more, "max_tokens": 8, "temperature": 0.0}
+    r2 = httpx.post(f"{stack.base_url}/completions", json={**body, "conversation": "kept"}, timeout=120)
+    r3 = httpx.post(f"{stack.base_url}/completions", json={**body, "reset_conversation": True}, timeout=120)
+    assert r2.status_code == r3.status_code == 200, r2.text
+    assert (r2.headers["x-conv-kv"], int(r2.headers["x-conv-cached-tokens"])) == ("hit", len(tokens))
+    assert r2.json()["choices"][0]["text"] == r3.json()["choices"][0]["text"]

@@ -134,16 +134,19 @@ class PromptCacheManager:
             self.cached_tokens_served += cached
         return Plan(info, self.tree.cache_for(match), conv_id, system_len, checkpoints=stops)
 
+    def reusable(self, prompt: list[int]) -> int:
+        """Prompt tokens the cache could supply now (nothing is counted)."""
+        return self.tree.lookup(prompt, len(prompt) - 1, record=False).usable
+
     @staticmethod
     def _mode(conv_id: str | None, conv: Conversation | None, match: Match) -> str:
         """The X-Conv-KV value (docs/prompt-caching.md has the table)."""
-        if match.usable and match.usable < match.matched:
-            return "snapshot"  # an earlier checkpoint: the state at the divergence cannot be rebuilt
-        if conv_id is None:
-            return "hit" if match.usable else "none"
-        if conv is None:
+        if conv_id is not None and conv is None:
             return "fresh"
-        return "hit" if match.usable else "reset"
+        if not match.usable:
+            return "none" if conv_id is None else "reset"
+        # A checkpoint short of where the prompt diverges: the state there cannot be rebuilt.
+        return "snapshot" if match.usable < match.matched else "hit"
 
     def checkpoint(self, plan: Plan, tokens: list[int], cache: Cache) -> None:
         """The state at a message boundary, taken during prefill."""

@@ -1,0 +1,83 @@
+"""In-process scheduler runs for the prompt-cache tests: a real model, a
+real Scheduler and PromptCacheManager, no sockets."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from protocol.messages import ChatRequest, RequestOutput, SamplingParams
+from worker.kv.conversations import ConversationLimits
+from worker.kv.manager import KVConfig, PromptCacheManager
+from worker.scheduler import Scheduler, SchedulerLimits
+
+GATEWAY = b"gw"
+
+
+def make_kv(root: Path, loaded: Any, **config: Any) -> PromptCacheManager:
+    limits = config.pop("limits", ConversationLimits(max_tokens=loaded.context_length))
+    cfg = KVConfig(prefix_dir=root / "prefix", disk_dir=root / "conversations", limits=limits, **config)
+    return PromptCacheManager(cfg, model_id=loaded.model_id, tokenizer_hash="test")
+
+
+def make_scheduler(loaded: Any, kv: PromptCacheManager | None, **limits: Any) -> Scheduler:
+    return Scheduler(
+        loaded.model, loaded.tokenizer, model_id=loaded.model_id, context_length=loaded.context_length,
+        limits=SchedulerLimits(**{"max_running": 8, "prefill_chunk": 32, **limits}), kv=kv,
+    )
+
+
+def request(rid: str, messages: list[dict], *, max_tokens: int = 8, conversation: str | None = None, **extra: Any) -> ChatRequest:
+    return ChatRequest(
+        request_id=rid, messages=messages, sampling=SamplingParams(max_tokens=max_tokens, temperature=0.0),
+        conversation_id=conversation, **extra,
+    )
+
+
+@dataclass
+class Result:
+    first: RequestOutput | None = None
+    outputs: list[RequestOutput] = field(default_factory=list)
+
+    @property
+    def text(self) -> str:
+        return "".join(o.content for o in self.outputs)
+
+    @property
+    def final(self) -> RequestOutput:
+        return self.outputs[-1]
+
+    @property
+    def cached(self) -> int:
+        assert self.first is not None and self.first.started is not None
+        return self.first.started.cached_tokens
+
+    @property
+    def mode(self) -> str:
+        assert self.first is not None and self.first.started is not None
+        return self.first.started.mode
+
+
+def run(scheduler: Scheduler, requests: list[ChatRequest], *, max_steps: int = 5000) -> dict[str, Result]:
+    """Admit every request at once, then step until all have finished."""
+    results: dict[str, Result] = {}
+    for req in requests:
+        r = results[req.request_id] = Result()
+        out = scheduler.admit(GATEWAY, req)
+        if out is not None:
+            r.first = out
+            r.outputs.append(out)
+    for _ in range(max_steps):
+        if all(r.outputs and r.final.finish_reason for r in results.values()):
+            return results
+        for out in scheduler.step():
+            r = results[out.request_id]
+            if r.first is None:
+                r.first = out
+            r.outputs.append(out)
+    raise AssertionError(f"not finished after {max_steps} steps")
+
+
+def generate(scheduler: Scheduler, req: ChatRequest) -> Result:
+    return run(scheduler, [req])[req.request_id]
