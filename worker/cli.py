@@ -7,13 +7,11 @@ import hashlib
 import logging
 import os
 import queue
-import signal
 import socket
 import sys
-import threading
 import time
 
-from protocol.messages import PROTOCOL_VERSION, Abort, WorkerInfo
+from protocol.messages import PROTOCOL_VERSION, Abort, GoingAway, WorkerInfo
 
 from .log_format import LOG_FORMATS, adopt_library_loggers, configure_logging
 from .vision.options import add_vision_arguments, vision_scheduler
@@ -44,6 +42,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--default-max-tokens", type=int, default=None, help="completion budget when a request sets none (default: the rest of the context)")
     s.add_argument("--max-tokens-limit", type=int, default=None, help="cap on any one completion; longer requests end with finish_reason=length")
     s.add_argument("--drain-timeout", type=float, default=30.0, help="seconds SIGTERM waits for running requests before aborting them")
+    s.add_argument("--stall-timeout", type=float, default=60.0,
+                   help="a compute loop that makes no progress this long is declared stuck: gateways are told at once "
+                        "and fail its requests (0: never; see docs/operations.md)")
     g = p.add_argument_group("sampling defaults", "for fields a request leaves out; the model's generation_config.json comes first")
     g.add_argument("--generation-config", choices=("auto", "none"), default="auto",
                    help="auto: the model's generation_config.json sets sampling defaults (as in vLLM); none: only the flags below")
@@ -185,6 +186,7 @@ def serve(args: argparse.Namespace, loaded) -> None:
     from .engine import Engine
     from .scheduler import Scheduler, SchedulerLimits
     from .transport import Incoming, Transport
+    from .watchdog import Watchdog
 
     limits = SchedulerLimits(
         max_running=args.max_running,
@@ -227,19 +229,17 @@ def serve(args: argparse.Namespace, loaded) -> None:
     transport.start()
     log.info("worker %s serving %s on %s", info.worker_id, info.model_id, transport.endpoint)
 
-    def on_signal(signum: int, _frame) -> None:
-        if engine.draining or signum == signal.SIGINT:
-            log.info("stopping now")
-            engine.stop(drain=False)
-            return
-        log.info("draining (up to %.0fs)", args.drain_timeout)
-        engine.stop(drain=True)
-        timer = threading.Timer(args.drain_timeout, lambda: engine.stop(drain=False))
-        timer.daemon = True
-        timer.start()
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
+    watchdog = Watchdog(
+        engine.progress,
+        stop=lambda drain: engine.stop(drain=drain),
+        say_going_away=lambda why: transport.send(None, GoingAway(worker_id=info.worker_id, reason=why)),
+        close_transport=transport.close,
+        on_stall=inbox.put,
+        stall_timeout=args.stall_timeout,
+        drain_timeout=args.drain_timeout,
+    )
+    watchdog.install_signals()  # SIGTERM/SIGINT act even when the main thread is stuck in native code
+    watchdog.start()
     reason = "shutdown"
     try:
         engine.run()
@@ -247,9 +247,11 @@ def serve(args: argparse.Namespace, loaded) -> None:
         reason = f"crashed: {exc!r}"
         raise
     finally:
+        watchdog.loop_returned()  # the rest of the shutdown is bounded too
         engine.abort_all()
         if scheduler.kv is not None and reason == "shutdown":
             saved = scheduler.kv.save_all()  # a restart resumes these (loaded lazily)
             log.info("saved %d conversation cache(s) for the next start", saved)
         transport.close(reason)
+        watchdog.close()
         log.info("worker stopped (%s)", reason)

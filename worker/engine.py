@@ -26,11 +26,14 @@ from protocol.messages import (
     WorkerLoad,
 )
 
+from . import failpoints
 from .kv.manager import ControlError
 from .scheduler import Scheduler
 from .tokenize_calls import detokenize, tokenize
 from .sequence import rejection
 from .transport import GatewayGone, Incoming, Transport
+from .watchdog import LoopStalled, Progress
+
 
 log = logging.getLogger("kmlx.worker.engine")
 
@@ -38,10 +41,11 @@ ControlHandler = Callable[[dict[str, Any]], dict[str, Any]]
 
 
 class Engine:
-    def __init__(self, scheduler: Scheduler, transport: Transport, inbox: "queue.Queue[Incoming | GatewayGone]"):
+    def __init__(self, scheduler: Scheduler, transport: Transport, inbox: "queue.Queue[Incoming | GatewayGone | LoopStalled]"):
         self.scheduler = scheduler
         self.transport = transport
         self.inbox = inbox
+        self.progress = Progress()  # read by the watchdog (worker/watchdog.py)
         self.started = time.time()
         self._stop = False
         self._draining = False
@@ -64,10 +68,14 @@ class Engine:
 
     # ------------------------------------------------------------------ #
     def run(self) -> None:
+        progress = self.progress
         while not self._stop:
+            progress.mark("waiting for work")
             self._drain_inbox(block=not self.scheduler.has_work)
             if self.scheduler.has_work:
+                progress.mark("a batch step")
                 try:
+                    failpoints.hit("compute_step")
                     outputs = self.scheduler.step()
                 except Exception as exc:  # a model failure must not hang every client
                     log.exception("compute step failed")
@@ -80,7 +88,7 @@ class Engine:
                 return
 
     def stop(self, *, drain: bool) -> None:
-        """Called from a signal handler: finish running work first if ``drain``."""
+        """Called from the watchdog thread: finish running work first if ``drain``."""
         if drain:
             self._draining = True
             self.inbox.put(Incoming(b"", Abort(request_ids=[])))  # wake the loop
@@ -134,7 +142,14 @@ class Engine:
             except queue.Empty:
                 return
 
-    def _handle(self, item: "Incoming | GatewayGone") -> None:
+    def _handle(self, item: "Incoming | GatewayGone | LoopStalled") -> None:
+        if isinstance(item, LoopStalled):
+            # The watchdog told the gateways, which failed these requests
+            # already; finish them here too (their outputs are ignored).
+            outs = self._fail_all(f"the worker's compute loop was stuck for {item.seconds:.0f} s", code="worker_stalled", status=503)
+            for out in outs:
+                self._queue(out)
+            return
         if isinstance(item, GatewayGone):
             orphans = self.scheduler.sequences_of(item.client)
             if orphans:
@@ -155,6 +170,7 @@ class Engine:
                 self._send_now(client, StepOutputs(outputs=[_logged(rejection(msg.request_id, err))], load=self._load()))
                 return
             self._owner[msg.request_id] = client
+            self.progress.mark("admitting a request")
             out = self.scheduler.admit(client, msg)
             if out is None:  # a vision request: its first output comes from a later step
                 return
@@ -170,6 +186,7 @@ class Engine:
                 if out is not None:
                     self._queue(out)
         elif isinstance(msg, ControlCall):
+            self.progress.mark(f"control call {msg.method}")
             self._send_now(client, self._control(msg))
 
     def _control(self, call: ControlCall) -> ControlReply:
@@ -195,8 +212,8 @@ class Engine:
             if out is not None:
                 self._queue(out)
 
-    def _fail_all(self, message: str) -> list[RequestOutput]:
-        err = ErrorInfo(message, type="server_error", code="worker_error", status=500)
+    def _fail_all(self, message: str, *, code: str = "worker_error", status: int = 500) -> list[RequestOutput]:
+        err = ErrorInfo(message, type="server_error", code=code, status=status)
         outs = []
         for rid in list(self._owner):
             out = self.scheduler.abort(rid, error=err)

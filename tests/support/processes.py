@@ -60,7 +60,10 @@ def spawn(name: str, args: list[str], log_dir: Path, env: dict[str, str] | None 
     return Proc(name, popen, log_path)
 
 
-def start_worker(model: str | Path, log_dir: Path, *, port: int | None = None, args: list[str] = (), name: str = "worker") -> tuple[Proc, str]:
+def start_worker(
+    model: str | Path, log_dir: Path, *, port: int | None = None, args: list[str] = (), name: str = "worker",
+    env: dict[str, str] | None = None,
+) -> tuple[Proc, str]:
     port = port or free_port()
     address = f"tcp://127.0.0.1:{port}"
     args = list(args)
@@ -70,7 +73,7 @@ def start_worker(model: str | Path, log_dir: Path, *, port: int | None = None, a
         args += ["--prompt-cache-dir", str(cache_root / "prefix")]
     if "--conversation-disk-dir" not in args:
         args += ["--conversation-disk-dir", str(cache_root / "conversations")]
-    proc = spawn(name, ["-m", "worker", "-m", str(model), "--bind", address, "--name", name, *args], log_dir)
+    proc = spawn(name, ["-m", "worker", "-m", str(model), "--bind", address, "--name", name, *args], log_dir, env)
     return proc, address
 
 
@@ -123,8 +126,11 @@ class Stack:
             p.stop()
 
 
-def start_stack(model: str | Path, log_dir: Path, *, worker_args: list[str] = (), gateway_args: list[str] = ()) -> Stack:
-    worker, address = start_worker(model, log_dir, args=list(worker_args))
+def start_stack(
+    model: str | Path, log_dir: Path, *, worker_args: list[str] = (), gateway_args: list[str] = (),
+    worker_env: dict[str, str] | None = None,
+) -> Stack:
+    worker, address = start_worker(model, log_dir, args=list(worker_args), env=worker_env)
     gateway, root = start_gateway([address], log_dir, args=list(gateway_args))
     stack = Stack(root, gateway, [worker], [address])
     try:
