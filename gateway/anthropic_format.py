@@ -3,14 +3,17 @@
 ``MessagesReply`` is the Messages API's ``Reply`` (gateway/dispatch.py).
 A stream is Anthropic's exact sequence: ``message_start``; per content
 block ``content_block_start``, its deltas (``thinking_delta``,
-``text_delta``), ``content_block_stop``; ``message_delta`` (stop reason,
+``text_delta``, ``input_json_delta`` for a ``tool_use`` block),
+``content_block_stop``; ``message_delta`` (stop reason,
 usage); ``message_stop``. ``ping`` keeps an idle stream alive; a failure
 after the start is an ``error`` event.
 """
 
 from __future__ import annotations
 
-from typing import Any, Iterable
+import json
+from collections.abc import Iterable
+from typing import Any
 
 import msgspec
 
@@ -50,12 +53,57 @@ def _started_usage(first: RequestOutput) -> Usage:
     return Usage(prompt_tokens=first.prompt_tokens, cached_tokens=cached)
 
 
-def _blocks(text: str, thinking: str) -> list[dict[str, Any]]:
+def _runs(outs: list[RequestOutput]) -> list[tuple[str, Any, str]]:
+    """The outputs as (kind, key, text) runs in order: thinking, text, and
+    tool-call pieces (key: the call's index; a call's first piece opens it).
+    Consecutive pieces of one run merge."""
+    runs: list[tuple[str, Any, str]] = []
+    for out in outs:
+        pieces: list[tuple[str, Any, str]] = [("thinking", None, out.reasoning), ("text", None, out.content)]
+        for call in out.tool_calls or ():
+            if call.id is not None:
+                pieces.append(("tool_start", (call.index, call.id, call.name or ""), ""))
+            pieces.append(("tool", call.index, call.arguments))
+        for kind, key, text in pieces:
+            if kind != "tool_start" and not text:
+                continue
+            if runs and kind != "tool_start" and runs[-1][0] == kind and runs[-1][1] == key:
+                runs[-1] = (kind, key, runs[-1][2] + text)
+            else:
+                runs.append((kind, key, text))
+    return runs
+
+
+def _tool_input(arguments: str) -> dict[str, Any]:
+    """A call's arguments as the object Anthropic's ``input`` is. A call cut
+    short by max_tokens holds no whole object yet: ``{}``."""
+    try:
+        value = json.loads(arguments) if arguments else {}
+    except ValueError:
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+def _blocks(outs: list[RequestOutput]) -> list[dict[str, Any]]:
     blocks: list[dict[str, Any]] = []
-    if thinking:
-        blocks.append({"type": "thinking", "thinking": thinking, "signature": ""})
-    if text or not blocks:  # an empty answer is one empty text block, streamed or not
-        blocks.append({"type": "text", "text": text})
+    calls: dict[int, dict[str, Any]] = {}
+    for kind, key, text in _runs(outs):
+        last = blocks[-1] if blocks else None
+        if kind == "tool_start":
+            index, call_id, name = key
+            calls[index] = {"type": "tool_use", "id": call_id, "name": name, "input": ""}
+            blocks.append(calls[index])
+        elif kind == "tool" and key in calls:
+            calls[key]["input"] += text
+        elif kind in ("thinking", "text"):
+            if last is not None and last["type"] == kind:
+                last[kind] += text
+            else:
+                blocks.append({"type": "thinking", "thinking": text, "signature": ""} if kind == "thinking" else {"type": "text", "text": text})
+    for call in calls.values():
+        call["input"] = _tool_input(call["input"])
+    if not blocks:  # an empty answer is one empty text block, streamed or not
+        blocks.append({"type": "text", "text": ""})
     return blocks
 
 
@@ -65,7 +113,7 @@ class MessagesReply:
     def __init__(self, admitted: Admitted):
         self.admitted = admitted
         self._index = -1  # the open content block, -1 before the first
-        self._open: str | None = None  # its kind: "thinking" | "text"
+        self._open: Any = None  # what it holds: "thinking", "text" or ("tool", call index)
 
     def _message(self, content: list[dict[str, Any]], final: RequestOutput | None, usage: dict[str, Any]) -> dict[str, Any]:
         return {
@@ -85,13 +133,14 @@ class MessagesReply:
         yield event("message_start", {"message": self._message([], None, usage)})
         yield event("ping", {})
 
-    def _switch(self, kind: str) -> Iterable[bytes]:
-        if self._open == kind:
+    def _switch(self, kind: Any, block: dict[str, Any] | None = None) -> Iterable[bytes]:
+        if self._open == kind and block is None:
             return
         yield from self._close_block()
         self._index += 1
         self._open = kind
-        block = {"type": "thinking", "thinking": "", "signature": ""} if kind == "thinking" else {"type": "text", "text": ""}
+        if block is None:
+            block = {"type": "thinking", "thinking": "", "signature": ""} if kind == "thinking" else {"type": "text", "text": ""}
         yield event("content_block_start", {"index": self._index, "content_block": block})
 
     def _close_block(self) -> Iterable[bytes]:
@@ -100,19 +149,18 @@ class MessagesReply:
             self._open = None
 
     def delta(self, outs: list[RequestOutput]) -> Iterable[bytes]:
-        # Runs of the same kind merge into one delta; the order is kept.
-        runs: list[tuple[str, str]] = []
-        for out in outs:
-            for kind, text in (("thinking", out.reasoning), ("text", out.content)):
-                if not text:
-                    continue
-                if runs and runs[-1][0] == kind:
-                    runs[-1] = (kind, runs[-1][1] + text)
-                else:
-                    runs.append((kind, text))
-        for kind, text in runs:
-            yield from self._switch(kind)
-            delta = {"type": "thinking_delta", "thinking": text} if kind == "thinking" else {"type": "text_delta", "text": text}
+        for kind, key, text in _runs(outs):
+            if kind == "tool_start":
+                index, call_id, name = key
+                yield from self._switch(("tool", index), {"type": "tool_use", "id": call_id, "name": name, "input": {}})
+                continue
+            if kind == "tool":
+                if self._open != ("tool", key):
+                    continue  # a fragment of a call that never started: nothing to attach it to
+                delta = {"type": "input_json_delta", "partial_json": text}
+            else:
+                yield from self._switch(kind)
+                delta = {"type": "thinking_delta", "thinking": text} if kind == "thinking" else {"type": "text_delta", "text": text}
             yield event("content_block_delta", {"index": self._index, "delta": delta})
 
     def close(self, final: RequestOutput) -> Iterable[bytes]:
@@ -133,10 +181,8 @@ class MessagesReply:
 
     # -- one body --------------------------------------------------------- #
     def body(self, outs: list[RequestOutput]) -> dict[str, Any]:
-        text = "".join(o.content for o in outs)
-        thinking = "".join(o.reasoning for o in outs)
         final = outs[-1]
-        return self._message(_blocks(text, thinking), final, usage_json(final.usage or Usage()))
+        return self._message(_blocks(outs), final, usage_json(final.usage or Usage()))
 
 
 class CountTokensReply(MessagesReply):

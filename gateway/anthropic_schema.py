@@ -118,6 +118,50 @@ class ThinkingConfig(_Strict):
     budget_tokens: int | None = Field(default=None, ge=1024)
 
 
+class Tool(_Strict):
+    """A client tool (server tools such as web search have another ``type``)."""
+
+    type: Literal["custom"] | None = None
+    name: str = Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")
+    description: str | None = None
+    input_schema: dict[str, Any]
+    cache_control: CacheControl | None = None
+    strict: bool | None = None
+
+
+class ToolChoiceAuto(_Strict):
+    type: Literal["auto"]
+    disable_parallel_tool_use: bool | None = None
+
+
+class ToolChoiceAny(_Strict):
+    type: Literal["any"]
+    disable_parallel_tool_use: bool | None = None
+
+
+class ToolChoiceTool(_Strict):
+    type: Literal["tool"]
+    name: str
+    disable_parallel_tool_use: bool | None = None
+
+
+class ToolChoiceNone(_Strict):
+    type: Literal["none"]
+
+
+ToolChoice = Annotated[Union[ToolChoiceAuto, ToolChoiceAny, ToolChoiceTool, ToolChoiceNone], Field(discriminator="type")]
+
+
+class JSONOutputFormat(_Strict):
+    type: Literal["json_schema"]
+    schema_: dict[str, Any] = Field(alias="schema")
+
+
+class OutputConfig(_Strict):
+    format: JSONOutputFormat | None = None
+    effort: Literal["low", "medium", "high", "xhigh", "max"] | None = None
+
+
 class MessagesRequest(_Strict):
     model: str
     messages: list[Message] = Field(min_length=1)
@@ -133,6 +177,9 @@ class MessagesRequest(_Strict):
     service_tier: Literal["auto", "standard_only"] | None = None
     cache_control: CacheControl | None = None
     speed: Literal["standard"] | None = None
+    tools: list[Tool] | None = Field(default=None, max_length=128)
+    tool_choice: ToolChoice | None = None
+    output_config: OutputConfig | None = None
     # kmlx extensions, as on chat completions
     conversation: str | None = None
     reset_conversation: bool | None = None
@@ -155,6 +202,9 @@ class CountTokensRequest(_Strict):
     system: Union[str, list[TextBlock], None] = None
     thinking: ThinkingConfig | None = None
     cache_control: CacheControl | None = None
+    tools: list[Tool] | None = Field(default=None, max_length=128)
+    tool_choice: ToolChoice | None = None
+    output_config: OutputConfig | None = None
 
 
 # Fields Anthropic documents that kmlx cannot honour: a 400 naming them when set.
@@ -163,14 +213,12 @@ REFUSED = {
     "mcp_servers": "MCP servers are not supported; run tools on the client",
     "context_management": "server-side context management is not supported",
     "diagnostics": "diagnostics are not supported",
-    "output_config": "output_config is not supported yet",
-    "tools": "tools are not supported on /v1/messages yet",
-    "tool_choice": "tool_choice is not supported on /v1/messages yet",
 }
 
 
 # Discriminator values of the block and source unions (not field names).
-_TAGS = frozenset({"text", "image", "tool_use", "tool_result", "thinking", "redacted_thinking", "base64", "url"})
+_TAGS = frozenset({"text", "image", "tool_use", "tool_result", "thinking", "redacted_thinking", "base64", "url",
+                   "auto", "any", "tool", "none"})
 
 
 def parse_messages_request(raw: bytes) -> MessagesRequest:
@@ -213,7 +261,7 @@ def to_chat(body: MessagesRequest | CountTokensRequest) -> tuple[dict[str, Any],
                 parts.append({"type": "image_url", "image_url": {"url": block.url()}})
         if parts:
             messages.append({"role": "user", "content": parts})
-    chat: dict[str, Any] = {"model": body.model, "messages": messages}
+    chat: dict[str, Any] = {"model": body.model, "messages": messages, **_tools(body)}
     if isinstance(body, MessagesRequest):
         chat.update(
             max_tokens=body.max_tokens,
@@ -228,6 +276,31 @@ def to_chat(body: MessagesRequest | CountTokensRequest) -> tuple[dict[str, Any],
         if body.thinking is not None and body.thinking.type == "disabled":
             chat["strip_thinking"] = True  # the answer carries no thinking blocks
     return {k: v for k, v in chat.items() if v is not None}, names
+
+
+def _tools(body: MessagesRequest | CountTokensRequest) -> dict[str, Any]:
+    """tools, tool_choice and output_config as chat's fields."""
+    out: dict[str, Any] = {}
+    if body.tools:
+        out["tools"] = [
+            {"type": "function", "function": {"name": t.name, "parameters": t.input_schema,
+                                              **({"description": t.description} if t.description else {})}}
+            for t in body.tools
+        ]
+    choice = body.tool_choice
+    if choice is not None:
+        if isinstance(choice, ToolChoiceTool):
+            out["tool_choice"] = {"type": "function", "function": {"name": choice.name}}
+        else:
+            out["tool_choice"] = {"auto": "auto", "any": "required", "none": "none"}[choice.type]
+        if getattr(choice, "disable_parallel_tool_use", None):
+            out["parallel_tool_calls"] = False
+    config = body.output_config
+    if config is not None and config.format is not None:
+        out["response_format"] = {"type": "json_schema", "json_schema": {"name": "output", "schema": config.format.schema_}}
+    if config is not None and config.effort is not None:
+        out["reasoning_effort"] = config.effort
+    return out
 
 
 def _assistant(blocks: list[Any]) -> dict[str, Any]:

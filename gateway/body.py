@@ -97,8 +97,8 @@ def param_path(loc: list[str], tags: frozenset[str] = frozenset()) -> str | None
             continue
         if p.isdigit():
             out += f"[{p}]"
-        elif p in ("str", "list", "function-after", "none") or "[" in p:
-            continue  # union branch names, not fields
+        elif p in ("str", "list", "function-after", "none") or "[" in p or p[:1].isupper():
+            continue  # union branch names (types, model classes), not fields
         else:
             out += ("." if out else "") + p
     return out or None

@@ -10,13 +10,39 @@ from typing import Any
 
 import msgspec
 
-from protocol.messages import RequestOutput, Usage
+from protocol.messages import RequestOutput, TokenLogprob, Usage
 
 from .chat_format import ChunkWriter, finish_reason, usage_json
 from .dispatch import Admitted, joined_text
 from .errors import APIError
 
 _json = msgspec.json.Encoder()
+
+
+def _text(raw: bytes) -> str:
+    return raw.decode("utf-8", "replace")
+
+
+class LegacyLogprobs:
+    """The legacy ``logprobs`` object: tokens, their logprobs, the top
+    alternatives, and each token's character offset in the returned text."""
+
+    def __init__(self, start: int):
+        self.offset = start
+
+    def of(self, outs: list[RequestOutput]) -> dict[str, Any] | None:
+        tokens: list[TokenLogprob] = [t for o in outs if o.logprobs for t in o.logprobs]
+        if not tokens:
+            return None
+        out: dict[str, Any] = {"tokens": [], "token_logprobs": [], "top_logprobs": [], "text_offset": []}
+        for t in tokens:
+            text = _text(t.token_bytes)
+            out["tokens"].append(text)
+            out["token_logprobs"].append(t.logprob)
+            out["top_logprobs"].append({_text(a.token_bytes): a.logprob for a in t.top})
+            out["text_offset"].append(self.offset)
+            self.offset += len(text)
+        return out
 
 
 class CompletionReply:
@@ -28,9 +54,10 @@ class CompletionReply:
         self.echo = echo
         self.include_usage = include_usage
         self._head = {"id": admitted.request_id, "object": "text_completion", "created": admitted.created, "model": admitted.model}
+        self.logprobs = LegacyLogprobs(len(echo))
 
-    def _chunk(self, text: str, reason: str | None) -> bytes:
-        choice = {"index": 0, "text": text, "logprobs": None, "finish_reason": reason}
+    def _chunk(self, text: str, reason: str | None, logprobs: dict[str, Any] | None = None) -> bytes:
+        choice = {"index": 0, "text": text, "logprobs": logprobs, "finish_reason": reason}
         return b"data: " + _json.encode({**self._head, "choices": [choice]}) + b"\n\n"
 
     def open(self) -> Iterable[bytes]:
@@ -39,8 +66,9 @@ class CompletionReply:
 
     def delta(self, outs: list[RequestOutput]) -> Iterable[bytes]:
         text, _ = joined_text(outs)
-        if text:
-            yield self._chunk(text, None)
+        logprobs = self.logprobs.of(outs)
+        if text or logprobs:
+            yield self._chunk(text, None, logprobs)
 
     def close(self, final: RequestOutput) -> Iterable[bytes]:
         yield self._chunk("", finish_reason(final))
@@ -59,5 +87,6 @@ class CompletionReply:
     def body(self, outs: list[RequestOutput]) -> dict[str, Any]:
         text, _ = joined_text(outs)
         final = outs[-1]
-        choice = {"index": 0, "text": self.echo + text, "logprobs": None, "finish_reason": finish_reason(final)}
+        logprobs = self.logprobs.of(outs)
+        choice = {"index": 0, "text": self.echo + text, "logprobs": logprobs, "finish_reason": finish_reason(final)}
         return {**self._head, "choices": [choice], "usage": usage_json(final.usage or Usage())}

@@ -19,10 +19,6 @@ from .schemas import SamplingFields, StreamOptions
 
 MAX_PROMPT_IDS = 1 << 20
 
-# OpenAI fields kmlx cannot honour yet: a 400 naming them when set.
-REFUSED = {
-    "logprobs": "logprobs are not supported on /v1/completions yet",
-}
 
 
 class CompletionRequest(SamplingFields):
@@ -33,6 +29,7 @@ class CompletionRequest(SamplingFields):
     stream: bool | None = False
     stream_options: StreamOptions | None = None
     echo: bool | None = None
+    logprobs: int | None = Field(default=None, ge=0, le=5)  # the legacy shape: this many alternatives per token
     n: int | None = Field(default=None, ge=1, le=1)
     best_of: int | None = Field(default=None, ge=1, le=1)
     user: str | None = None  # an identifier; no effect on a local server
@@ -76,17 +73,17 @@ class CompletionRequest(SamplingFields):
         return text if text is not None else list(self.token_prompt or [])
 
     def sampling(self) -> SamplingParams:
-        return self.sampling_params(max_tokens=self.max_tokens)
+        wanted = self.logprobs is not None
+        return self.sampling_params(max_tokens=self.max_tokens, logprobs=wanted, top_logprobs=self.logprobs or 0)
 
 
 def parse_completion_request(raw: bytes) -> CompletionRequest:
-    data = json_object(raw)
-    for name, why in REFUSED.items():
-        if data.get(name) not in (None, 0):
-            raise APIError(400, f"{name}: {why}", param=name, code="unsupported_parameter")
-    body = validate(CompletionRequest, data)
+    body = validate(CompletionRequest, json_object(raw))
     if body.suffix is not None and body.echo:
         raise APIError(400, "echo: cannot be used together with suffix", param="echo", code="invalid_value")
+    if body.echo and body.logprobs is not None:
+        raise APIError(400, "logprobs: with echo this needs the prompt's logprobs, which kmlx does not compute",
+                       param="logprobs", code="unsupported_value")
     if body.echo and body.text_prompt is None:
         raise APIError(400, "echo: needs a text prompt (token ids cannot be echoed yet)", param="echo", code="unsupported_value")
     return body

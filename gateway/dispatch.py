@@ -14,9 +14,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import AsyncIterator, Callable, Iterable, Protocol
 
 from fastapi import Request
@@ -71,7 +72,9 @@ class Generation:
     model: str | None  # as the client named it (None: the only one served)
     affinity: str | None  # the conversation to keep on one worker, if any
     stream: bool = False
-    budget_param: str = "max_tokens"  # named when the asked budget exceeds the context
+    # The client API's names of chat fields that errors name ("max_tokens",
+    # "messages", "response_format", ...), e.g. {"messages": "input"}.
+    params: dict[str, str] = field(default_factory=dict)
 
 
 def refuse_if_draining(request: Request) -> None:
@@ -142,7 +145,7 @@ async def generate(request: Request, job: Generation, make_reply: Callable[[Admi
         rec.submitted(wire, worker_id=worker.worker_id, model=model_id)
         headers = response_headers(wire.request_id, wire.conversation_id, first, worker.worker_id)
         admitted = Admitted(wire.request_id, model_id, wire.conversation_id or "", first, int(time.time()))
-        relay = _Relay(worker, admitted, make_reply(admitted), started, wire.deadline, rec=rec)
+        relay = _Relay(worker, admitted, make_reply(admitted), started, wire.deadline, rec=rec, params=job.params)
         if job.stream:
             return StreamingResponse(
                 relay.sse(queue, keep_alive),
@@ -158,11 +161,22 @@ async def generate(request: Request, job: Generation, make_reply: Callable[[Admi
         retry_error = relay.retry_error
 
 
-def error_from(out: RequestOutput) -> APIError:
+def error_from(out: RequestOutput, params: dict[str, str] | None = None) -> APIError:
     e = out.error
     assert e is not None
     headers = {"Retry-After": "1"} if e.status == 503 else None
-    return APIError(e.status, e.message, type=e.type, param=e.param, code=e.code, headers=headers)
+    return APIError(e.status, e.message, type=e.type, param=rename_param(e.param, params or {}), code=e.code, headers=headers)
+
+
+def rename_param(param: str | None, params: dict[str, str]) -> str | None:
+    """A worker's (chat) field name as the client's API calls it. A path
+    under a renamed field names the field alone: its indices are chat's."""
+    if param is None or not params:
+        return param
+    head = re.split(r"[.\[]", param, maxsplit=1)[0]
+    if head not in params:
+        return param
+    return params[head] if param != head else params[param]
 
 
 async def _start(
@@ -192,10 +206,11 @@ async def _start(
         assert info is not None
         budget = wire.sampling.max_tokens
         if budget is not None and budget > info.context_length:
+            name = job.params.get("max_tokens", "max_tokens")
             raise APIError(
                 400,
-                f"{job.budget_param} is {budget}, but this model's context is {info.context_length} tokens",
-                param=job.budget_param,
+                f"{name} is {budget}, but this model's context is {info.context_length} tokens",
+                param=name,
                 code="invalid_value",
             )
         try:
@@ -212,7 +227,7 @@ async def _start(
         if first.finish_reason != "error":
             return worker, model_id, queue, first
         worker.release(wire.request_id)
-        err = error_from(first)
+        err = error_from(first, job.params)
         if first.error is not None and first.error.code in _RETRYABLE:
             log.info("request %s: %s refused it (%s); trying another worker", wire.request_id, worker.worker_id, first.error.code)
             tried.append(worker)
@@ -237,8 +252,12 @@ class _Relay:
     """Moves one request's outputs from the worker queue to the client, and
     makes sure the worker hears about it when the client leaves."""
 
-    def __init__(self, worker: WorkerClient, admitted: Admitted, reply: Reply, started: float, deadline: float | None, *, rec: RequestRecord):
+    def __init__(
+        self, worker: WorkerClient, admitted: Admitted, reply: Reply, started: float, deadline: float | None, *,
+        rec: RequestRecord, params: dict[str, str],
+    ):
         self.worker = worker
+        self.params = params
         self.admitted = admitted
         self.request_id = admitted.request_id
         self.reply = reply
@@ -288,7 +307,7 @@ class _Relay:
                     yield reply.keep_alive()  # also reveals a vanished client
                     nxt = RequestOutput(request_id=self.request_id)
                 out = nxt
-            for chunk in (reply.fail(error_from(final)) if final.finish_reason == "error" else reply.close(final)):
+            for chunk in (reply.fail(error_from(final, self.params)) if final.finish_reason == "error" else reply.close(final)):
                 yield chunk
         finally:
             if final is None or timed_out:
@@ -320,10 +339,10 @@ class _Relay:
         final = _worker_abort_as_error(outs[-1])
         if final.finish_reason == "error" and final.error is not None and final.error.code in _RETRYABLE:
             log.info("request %s: %s failed it (%s); retrying elsewhere", self.request_id, self.worker.worker_id, final.error.code)
-            self.retry_error = error_from(final)
+            self.retry_error = error_from(final, self.params)
             return None
         if final.finish_reason == "error":
-            err = error_from(final)
+            err = error_from(final, self.params)
             self._log(final, err.status)
             err.headers.update(headers)
             raise err

@@ -23,6 +23,7 @@ import msgspec
 
 from protocol.messages import RequestOutput, Usage
 
+from .chat_format import logprobs_json
 from .dispatch import Admitted
 from .errors import APIError
 from .responses_schema import ResponseRequest, item_id
@@ -43,27 +44,47 @@ def usage_json(u: Usage) -> dict[str, Any]:
 
 @dataclass
 class _Item:
-    """One output item being built: a reasoning item or a message."""
+    """One output item being built: reasoning, a message, or a function call."""
 
-    kind: str  # "reasoning" | "message"
+    kind: str  # "reasoning" | "message" | "function_call"
     id: str
-    text: list[str] = field(default_factory=list)
+    text: list[str] = field(default_factory=list)  # the text, or a call's arguments
+    logprobs: list[dict[str, Any]] = field(default_factory=list)  # a message's tokens, when asked for
+    call_id: str = ""
+    name: str = ""
 
     def part(self) -> dict[str, Any]:
         text = "".join(self.text)
         if self.kind == "reasoning":
             return {"type": "reasoning_text", "text": text}
-        return {"type": "output_text", "text": text, "annotations": [], "logprobs": []}
+        return {"type": "output_text", "text": text, "annotations": [], "logprobs": self.logprobs}
 
     def json(self, status: str) -> dict[str, Any]:
+        if self.kind == "function_call":
+            return {"type": "function_call", "id": self.id, "call_id": self.call_id, "name": self.name,
+                    "arguments": "".join(self.text), "status": status}
         if self.kind == "reasoning":
             return {"type": "reasoning", "id": self.id, "summary": [], "content": [self.part()], "status": status}
         return {"type": "message", "id": self.id, "status": status, "role": "assistant", "content": [self.part()]}
 
     def empty(self) -> dict[str, Any]:
-        if self.kind == "reasoning":
-            return {"type": "reasoning", "id": self.id, "summary": [], "content": [], "status": "in_progress"}
-        return {"type": "message", "id": self.id, "status": "in_progress", "role": "assistant", "content": []}
+        item = self.json("in_progress")
+        if self.kind == "function_call":
+            item["arguments"] = ""
+        else:
+            item["content"] = []
+        return item
+
+
+def _pieces(out: RequestOutput) -> Iterable[tuple[str, Any, str]]:
+    """One output as (kind, key, text) pieces in order: reasoning, text, and
+    tool-call pieces (a call's first piece: kind "call", key (index, id, name))."""
+    yield "reasoning", None, out.reasoning
+    yield "message", None, out.content
+    for call in out.tool_calls or ():
+        if call.id is not None:
+            yield "call", (call.index, call.id, call.name or ""), ""
+        yield "arguments", call.index, call.arguments
 
 
 # What a finished turn leaves behind, for the response store (routes/responses.py).
@@ -84,6 +105,8 @@ class ResponsesReply:
         self._seq = 0
         self._items: list[_Item] = []
         self._open: _Item | None = None
+        self._calls: dict[int, _Item] = {}  # function calls by the worker's call index
+        self._logprobs: list[dict[str, Any]] = []  # token logprobs not yet given to a message
 
     # -- the response object --------------------------------------------- #
     def _response(self, status: str, output: list[dict[str, Any]], usage: Usage | None, **extra: Any) -> dict[str, Any]:
@@ -101,14 +124,15 @@ class ResponsesReply:
             "max_output_tokens": b.max_output_tokens,
             "model": self.admitted.model,
             "output": output,
-            "parallel_tool_calls": True,
+            "parallel_tool_calls": b.parallel_tool_calls is not False,
             "previous_response_id": b.previous_response_id,
             "reasoning": {"effort": b.reasoning.effort if b.reasoning else None, "summary": None},
             "store": b.store is not False,
             "temperature": b.temperature,
             "text": {"format": fmt},
-            "tool_choice": "auto",
-            "tools": [],
+            "tool_choice": b.tool_choice.model_dump() if hasattr(b.tool_choice, "model_dump") else (b.tool_choice or "auto"),
+            "tools": [t.model_dump(exclude_none=True) for t in b.tools or []],
+            "top_logprobs": b.top_logprobs or 0,
             "top_p": b.top_p,
             "truncation": "disabled",
             "usage": usage_json(usage) if usage is not None else None,
@@ -122,12 +146,18 @@ class ResponsesReply:
         extra = {"incomplete_details": {"reason": "max_output_tokens"}} if status == "incomplete" else {}
         response = self._response(status, [i.json(status) for i in self._items], final.usage or Usage(), **extra)
         self.on_finish(response, self._messages())
+        self._response_json = response
         return response
 
     def _messages(self) -> list[dict[str, Any]]:
         """The turn's output in chat form, for a follow-up's context."""
         text = "".join("".join(i.text) for i in self._items if i.kind == "message")
-        return [{"role": "assistant", "content": text}]
+        calls = [{"id": i.call_id, "type": "function", "function": {"name": i.name, "arguments": "".join(i.text)}}
+                 for i in self._items if i.kind == "function_call"]
+        message: dict[str, Any] = {"role": "assistant", "content": text if text or not calls else None}
+        if calls:
+            message["tool_calls"] = calls
+        return [message]
 
     # -- streaming -------------------------------------------------------- #
     def _event(self, kind: str, **data: Any) -> bytes:
@@ -143,15 +173,17 @@ class ResponsesReply:
     def _where(self, item: _Item) -> dict[str, Any]:
         return {"item_id": item.id, "output_index": self._items.index(item), "content_index": 0}
 
-    def _start(self, kind: str) -> Iterable[bytes]:
+    def _start(self, item: _Item) -> Iterable[bytes]:
         yield from self._finish_item()
-        prefix = "rs" if kind == "reasoning" else "msg"
-        item = _Item(kind, item_id(prefix, self.id, len(self._items)))
         self._items.append(item)
         self._open = item
         yield self._event("response.output_item.added", output_index=len(self._items) - 1, item=item.empty())
-        empty = {**item.part(), "text": ""}
-        yield self._event("response.content_part.added", **self._where(item), part=empty)
+        if item.kind != "function_call":
+            yield self._event("response.content_part.added", **self._where(item), part={**item.part(), "text": ""})
+
+    def _new(self, kind: str) -> _Item:
+        prefix = {"reasoning": "rs", "message": "msg", "function_call": "fc"}[kind]
+        return _Item(kind, item_id(prefix, self.id, len(self._items)))
 
     def _finish_item(self) -> Iterable[bytes]:
         item = self._open
@@ -160,31 +192,60 @@ class ResponsesReply:
         self._open = None
         where = self._where(item)
         text = "".join(item.text)
+        if item.kind == "function_call":
+            yield self._event("response.function_call_arguments.done", item_id=item.id, output_index=where["output_index"],
+                              name=item.name, arguments=text)
+            yield self._event("response.output_item.done", output_index=where["output_index"], item=item.json("completed"))
+            return
         if item.kind == "reasoning":
             yield self._event("response.reasoning_text.done", **where, text=text)
         else:
-            yield self._event("response.output_text.done", **where, text=text, logprobs=[])
+            yield self._event("response.output_text.done", **where, text=text, logprobs=item.logprobs)
         yield self._event("response.content_part.done", **where, part=item.part())
         yield self._event("response.output_item.done", output_index=where["output_index"], item=item.json("completed"))
 
     def delta(self, outs: list[RequestOutput]) -> Iterable[bytes]:
         for out in outs:
-            for kind, text in (("reasoning", out.reasoning), ("message", out.content)):
+            if out.logprobs:
+                self._logprobs += logprobs_json([out])["content"]  # type: ignore[index]
+            for kind, key, text in _pieces(out):
+                if kind == "call":
+                    index, call_id, name = key
+                    item = self._new("function_call")
+                    item.call_id, item.name = call_id, name
+                    self._calls[index] = item
+                    yield from self._start(item)
+                    continue
                 if not text:
                     continue
+                if kind == "arguments":
+                    call = self._calls.get(key)
+                    if call is None or call is not self._open:
+                        continue  # a fragment of a call that never started: nothing to attach it to
+                    call.text.append(text)
+                    yield self._event("response.function_call_arguments.delta", item_id=call.id,
+                                      output_index=self._items.index(call), delta=text)
+                    continue
                 if self._open is None or self._open.kind != kind:
-                    yield from self._start(kind)
+                    yield from self._start(self._new(kind))
                 item = self._open
                 assert item is not None
                 item.text.append(text)
                 if kind == "reasoning":
                     yield self._event("response.reasoning_text.delta", **self._where(item), delta=text)
                 else:
-                    yield self._event("response.output_text.delta", **self._where(item), delta=text, logprobs=[])
+                    # A message's token logprobs go with the text they made (held-back ones with the next text).
+                    logprobs, self._logprobs = self._logprobs, []
+                    item.logprobs += logprobs
+                    yield self._event("response.output_text.delta", **self._where(item), delta=text, logprobs=logprobs)
 
     def close(self, final: RequestOutput) -> Iterable[bytes]:
-        if not any(i.kind == "message" for i in self._items):
-            yield from self._start("message")  # an empty answer is still one (empty) message
+        if not any(i.kind in ("message", "function_call") for i in self._items):
+            yield from self._start(self._new("message"))  # an empty answer is still one (empty) message
+        message = next((i for i in reversed(self._items) if i.kind == "message"), None)
+        if message is not None and self._logprobs:
+            message.logprobs += self._logprobs  # tokens whose text never showed (a stop string)
+            self._logprobs = []
         yield from self._finish_item()
         response = self._finished(final)
         yield self._event("response.completed" if response["status"] == "completed" else "response.incomplete", response=response)
@@ -200,8 +261,10 @@ class ResponsesReply:
 
     # -- one body --------------------------------------------------------- #
     def body(self, outs: list[RequestOutput]) -> dict[str, Any]:
-        for _ in self.delta(outs):  # build the items; the events are not sent
+        """Built by the streaming path with its events dropped: one way to
+        turn outputs into items, so the two answers always agree."""
+        for _ in self.delta(outs):
             pass
-        if not any(i.kind == "message" for i in self._items):
-            self._items.append(_Item("message", item_id("msg", self.id, len(self._items))))
-        return self._finished(outs[-1])
+        for _ in self.close(outs[-1]):
+            pass
+        return self._response_json

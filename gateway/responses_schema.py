@@ -15,6 +15,7 @@ from typing import Annotated, Any, Literal, Union
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag
 
 from .body import parse_model
+from .errors import APIError
 
 
 class _Strict(BaseModel):
@@ -134,6 +135,19 @@ class StreamOptions(_Strict):
     include_obfuscation: bool | None = None  # nothing to obfuscate on a local server
 
 
+class FunctionTool(_Strict):
+    type: Literal["function"]
+    name: str = Field(pattern=r"^[A-Za-z0-9_.:-]{1,64}$")
+    description: str | None = None
+    parameters: dict[str, Any] | None = None
+    strict: bool | None = None
+
+
+class NamedFunction(_Strict):
+    type: Literal["function"]
+    name: str
+
+
 class ResponseRequest(_Strict):
     model: str | None = None
     input: Union[str, list[Item]]
@@ -149,13 +163,21 @@ class ResponseRequest(_Strict):
     text: TextConfig | None = None
     reasoning: ReasoningConfig | None = None
     truncation: Literal["disabled"] | None = None
-    include: list[Literal["reasoning.encrypted_content"]] | None = None
+    include: list[Literal["reasoning.encrypted_content", "message.output_text.logprobs"]] | None = None
+    top_logprobs: int | None = Field(default=None, ge=0, le=20)
+    tools: list[FunctionTool] | None = Field(default=None, max_length=128)
+    tool_choice: Union[Literal["none", "auto", "required"], NamedFunction, None] = None
+    parallel_tool_calls: bool | None = None
     user: str | None = None
     safety_identifier: str | None = None
     prompt_cache_key: str | None = None
     prompt_cache_retention: str | None = None
     service_tier: Literal["auto", "default", "flex", "scale", "priority"] | None = None
     background: Literal[False] | None = None
+
+    @property
+    def wants_logprobs(self) -> bool:
+        return "message.output_text.logprobs" in (self.include or [])
 
 
 # Fields the spec documents that kmlx cannot honour: a 400 naming them when set.
@@ -165,10 +187,6 @@ REFUSED = {
     "max_tool_calls": "max_tool_calls is not supported",
     "context_management": "server-side context management is not supported",
     "moderation": "moderation is not supported",
-    "top_logprobs": "logprobs are not supported on /v1/responses yet",
-    "tools": "tools are not supported on /v1/responses yet",
-    "tool_choice": "tool_choice is not supported on /v1/responses yet",
-    "parallel_tool_calls": "parallel_tool_calls is not supported on /v1/responses yet",
 }
 
 _TAGS = frozenset({"message", "function_call", "function_call_output", "reasoning", "input_text", "input_image",
@@ -176,7 +194,10 @@ _TAGS = frozenset({"message", "function_call", "function_call_output", "reasonin
 
 
 def parse_response_request(raw: bytes) -> ResponseRequest:
-    return parse_model(ResponseRequest, raw, refused=REFUSED, tags=_TAGS)
+    body = parse_model(ResponseRequest, raw, refused=REFUSED, tags=_TAGS)
+    if body.top_logprobs and not body.wants_logprobs:
+        raise APIError(400, "top_logprobs: needs include: ['message.output_text.logprobs']", param="top_logprobs", code="invalid_value")
+    return body
 
 
 def input_messages(body: ResponseRequest) -> tuple[list[dict[str, Any]], dict[tuple[int, int], str]]:
@@ -242,6 +263,17 @@ def to_chat(body: ResponseRequest, history: list[dict[str, Any]], new: list[dict
         chat["response_format"] = {"type": "json_object"}
     if body.reasoning is not None and body.reasoning.effort is not None:
         chat["reasoning_effort"] = body.reasoning.effort
+    if body.tools:
+        chat["tools"] = [{"type": "function", "function": t.model_dump(exclude={"type"}, exclude_none=True)} for t in body.tools]
+    choice = body.tool_choice
+    if isinstance(choice, NamedFunction):
+        chat["tool_choice"] = {"type": "function", "function": {"name": choice.name}}
+    else:
+        chat["tool_choice"] = choice
+    chat["parallel_tool_calls"] = body.parallel_tool_calls
+    if body.wants_logprobs:
+        chat["logprobs"] = True
+        chat["top_logprobs"] = body.top_logprobs
     return {k: v for k, v in chat.items() if v is not None}
 
 

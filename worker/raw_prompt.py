@@ -49,3 +49,14 @@ def render_raw(tokenizer: Any, prompt: str | list[int], suffix: str | None, *, v
             raise PromptError("the prompt is empty", param="prompt")
         ids = [start]
     return Prompt(token_ids=ids, starts_in_reasoning=False)
+
+
+def untrimmed(detokenizer: Any) -> Any:
+    """mlx-lm's streaming detokenizers drop a leading space from the first
+    text, right after a chat template's "assistant\n" but wrong after a raw
+    prompt: "The capital of France is" must continue with " Paris"."""
+    if hasattr(detokenizer, "trim_space"):  # SentencePiece
+        detokenizer.trim_space = False
+    elif hasattr(detokenizer, "_maybe_trim_space"):  # byte-level BPE
+        detokenizer._maybe_trim_space = lambda text: text
+    return detokenizer

@@ -24,7 +24,7 @@ from .kv.manager import ControlError, PromptCacheManager
 from .prefix_sharing import PrefixSharing
 from .prompt import Prompt, PromptError, render_prompt, template_source, template_variables
 from .prompt_jobs import INLINE_CHARS, PromptJobs, text_chars
-from .raw_prompt import render_raw
+from .raw_prompt import render_raw, untrimmed
 from .sampling import make_logits_processors, make_sampler
 from .sequence import Sequence, ended_unstarted, prompt_only, rejection
 from .text_stream import TextStream
@@ -216,7 +216,7 @@ class Scheduler:
             client=client,
             prompt=prompt,
             sampling=sampling,
-            detokenizer=self.tokenizer.detokenizer,
+            detokenizer=self.tokenizer.detokenizer if req.prompt is None else untrimmed(self.tokenizer.detokenizer),
             text=self.text_stream(req, prompt.starts_in_reasoning),
             max_tokens=max_tokens,
             cache=CacheInfo("disabled", 0, n_prompt),

@@ -29,8 +29,8 @@ async def chat_completions(request: Request) -> Response:
     body = parse_chat_request(await request.body())
     wire = await chat_wire(request, body, new_request_id(request, "chatcmpl-"))
     include_usage = bool(body.stream_options and body.stream_options.include_usage)
-    budget_param = "max_completion_tokens" if body.max_completion_tokens is not None else "max_tokens"
-    job = Generation(wire, body.model, affinity=wire.conversation_id, stream=bool(body.stream), budget_param=budget_param)
+    params = {"max_tokens": "max_completion_tokens"} if body.max_completion_tokens is not None else {}
+    job = Generation(wire, body.model, affinity=wire.conversation_id, stream=bool(body.stream), params=params)
     return await generate(request, job, lambda admitted: ChatReply(admitted, include_usage=include_usage))
 
 

@@ -19,6 +19,8 @@ from ..schemas import chat_request
 from .chat import chat_wire
 
 router = APIRouter()
+# Chat fields a worker's error may name, as an Anthropic client knows them.
+PARAMS = {"stop": "stop_sequences", "response_format": "output_config.format"}
 
 
 async def _wire(request: Request, body: MessagesRequest | CountTokensRequest):
@@ -31,7 +33,7 @@ async def create_message(request: Request) -> Response:
     refuse_if_draining(request)
     body = parse_messages_request(await request.body())
     wire = await _wire(request, body)
-    job = Generation(wire, body.model, affinity=wire.conversation_id, stream=bool(body.stream))
+    job = Generation(wire, body.model, affinity=wire.conversation_id, stream=bool(body.stream), params=PARAMS)
     return await generate(request, job, MessagesReply)
 
 
@@ -45,4 +47,4 @@ async def count_tokens(request: Request) -> Response:
     wire = await _wire(request, body)
     wire.sampling.max_tokens = 0
     wire.conversation_id = None  # counting neither uses nor holds a conversation's cache
-    return await generate(request, Generation(wire, body.model, affinity=None), CountTokensReply)
+    return await generate(request, Generation(wire, body.model, affinity=None, params=PARAMS), CountTokensReply)

@@ -25,6 +25,8 @@ from ..schemas import chat_request
 from .chat import chat_wire
 
 router = APIRouter(prefix="/v1/responses")
+# Chat fields a worker's error may name, as a Responses client knows them.
+PARAMS = {"max_tokens": "max_output_tokens", "messages": "input", "response_format": "text.format"}
 
 
 def _store(request: Request) -> ResponseStore:
@@ -67,7 +69,7 @@ async def create_response(request: Request) -> Response:
         if storing:
             store.put(response_id, StoredResponse(response, history + new + output, stored_input_items(body, response_id), wire.conversation_id))
 
-    job = Generation(wire, body.model, affinity=wire.conversation_id, stream=bool(body.stream), budget_param="max_output_tokens")
+    job = Generation(wire, body.model, affinity=wire.conversation_id, stream=bool(body.stream), params=PARAMS)
     return await generate(request, job, lambda admitted: ResponsesReply(admitted, body, response_id, keep))
 
 

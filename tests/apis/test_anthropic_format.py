@@ -12,7 +12,7 @@ from anthropic._models import construct_type
 from gateway.anthropic_format import MessagesReply
 from gateway.dispatch import Admitted
 from gateway.errors import APIError
-from protocol.messages import CacheInfo, RequestOutput, Usage
+from protocol.messages import CacheInfo, RequestOutput, ToolCallDelta, Usage
 
 FIRST = RequestOutput("r", started=CacheInfo("hit", 20, 5), prompt_tokens=25)
 
@@ -95,3 +95,43 @@ def test_a_failure_mid_stream_is_an_error_event():
     reply = MessagesReply(Admitted("m", "x", "c", FIRST, 0))
     (ev,) = parse(b"".join(reply.fail(APIError(503, "worker went away", code="worker_unavailable"))))
     assert ev == {"type": "error", "error": {"type": "overloaded_error", "message": "worker went away"}}
+
+
+def tool_outs() -> list[RequestOutput]:
+    usage = Usage(prompt_tokens=25, completion_tokens=9)
+    return [
+        FIRST,
+        RequestOutput("r", content="Checking."),
+        RequestOutput("r", tool_calls=[ToolCallDelta(0, id="call_a", name="weather", arguments='{"city": ')]),
+        RequestOutput("r", tool_calls=[ToolCallDelta(0, arguments='"Paris"}')]),
+        RequestOutput("r", tool_calls=[ToolCallDelta(1, id="call_b", name="time", arguments="{}")],
+                      finish_reason="tool_calls", usage=usage),
+    ]
+
+
+def test_tool_calls_stream_as_tool_use_blocks_with_input_json_deltas():
+    o = tool_outs()
+    events = stream_of([o[:3], o[3:4], o[4:]])
+    starts = [e["content_block"] for e in events if e["type"] == "content_block_start"]
+    assert starts == [{"type": "text", "text": ""}, {"type": "tool_use", "id": "call_a", "name": "weather", "input": {}},
+                      {"type": "tool_use", "id": "call_b", "name": "time", "input": {}}]
+    json_deltas = [e["delta"]["partial_json"] for e in events if e["type"] == "content_block_delta" and e["delta"]["type"] == "input_json_delta"]
+    assert json_deltas == ['{"city": ', '"Paris"}', "{}"]
+    snapshot = None
+    bufs: dict = {}
+    for e in events:
+        if e["type"] != "ping":
+            snapshot = accumulate_event(event=construct_type(type_=RawMessageStreamEvent, value=e), current_snapshot=snapshot, json_bufs=bufs)
+    assert [b.type for b in snapshot.content] == ["text", "tool_use", "tool_use"]
+    assert snapshot.content[1].input == {"city": "Paris"} and snapshot.content[2].input == {}
+    assert snapshot.stop_reason == "tool_use"
+
+
+def test_tool_calls_in_the_body_have_object_inputs():
+    body = MessagesReply(Admitted("m", "x", "c", FIRST, 0)).body(tool_outs())
+    assert body["content"] == [
+        {"type": "text", "text": "Checking."},
+        {"type": "tool_use", "id": "call_a", "name": "weather", "input": {"city": "Paris"}},
+        {"type": "tool_use", "id": "call_b", "name": "time", "input": {}},
+    ]
+    assert body["stop_reason"] == "tool_use"

@@ -72,7 +72,8 @@ def test_stop_ends_the_text_before_the_stop_string(client):
 @pytest.mark.parametrize("extra,param", [
     ({"prompt": ["one", "two"]}, "prompt"),
     ({"prompt": []}, "prompt"),
-    ({"prompt": "x", "logprobs": 2}, "logprobs"),
+    ({"prompt": "x", "logprobs": 2, "echo": True}, "logprobs"),  # the prompt's logprobs are not computed
+    ({"prompt": "x", "logprobs": 6}, "logprobs"),
     ({"prompt": "x", "n": 2}, "n"),
     ({"prompt": "x", "best_of": 3}, "best_of"),
     ({"prompt": [1, 2], "echo": True}, "echo"),
@@ -83,6 +84,18 @@ def test_what_cannot_be_honoured_is_a_400_naming_it(client, extra, param):
     with pytest.raises(openai.BadRequestError) as err:
         client.completions.create(model="tiny", max_tokens=2, **extra)
     assert err.value.body["param"] == param, err.value.body
+
+
+def test_legacy_logprobs_streamed_and_whole(client):
+    c = client.completions.create(model="tiny", prompt="Once upon", max_tokens=5, logprobs=2, **GREEDY)
+    lp = c.choices[0].logprobs
+    assert len(lp.tokens) == len(lp.token_logprobs) == len(lp.top_logprobs) == 5 and "".join(lp.tokens) == c.choices[0].text
+    assert all(len(top) == 2 and max(top.values()) >= chosen - 1e-5 for top, chosen in zip(lp.top_logprobs, lp.token_logprobs))
+    assert lp.text_offset == [sum(len(t) for t in lp.tokens[:i]) for i in range(5)]
+    chunks = list(client.completions.create(model="tiny", prompt="Once upon", max_tokens=5, logprobs=2, stream=True, **GREEDY))
+    streamed = [t for ch in chunks if ch.choices and ch.choices[0].logprobs for t in ch.choices[0].logprobs.tokens]
+    offsets = [o for ch in chunks if ch.choices and ch.choices[0].logprobs for o in ch.choices[0].logprobs.text_offset]
+    assert streamed == lp.tokens and offsets == lp.text_offset
 
 
 @pytest.fixture(scope="module")

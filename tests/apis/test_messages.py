@@ -4,6 +4,7 @@ real SmolLM2 where the answer must read right)."""
 
 from __future__ import annotations
 
+import json
 import time
 
 import anthropic
@@ -103,7 +104,7 @@ def test_errors_have_anthropics_shape(client, tiny_stack):
 
 
 @pytest.mark.parametrize("field,value", [
-    ("tools", [{"name": "f", "input_schema": {"type": "object"}}]),
+    ("tools", [{"type": "web_search_20250305", "name": "web_search"}]),
     ("mcp_servers", [{"type": "url", "url": "https://example.com", "name": "x"}]),
     ("container", "c1"),
     ("speed", "fast"),
@@ -111,7 +112,54 @@ def test_errors_have_anthropics_shape(client, tiny_stack):
 def test_fields_kmlx_cannot_honour_are_400s_naming_them(client, field, value):
     with pytest.raises(anthropic.BadRequestError) as err:
         client.messages.create(model="m", max_tokens=4, messages=ask("x"), extra_body={field: value})
-    assert err.value.body["error"]["message"].startswith(f"{field}:")
+    assert err.value.body["error"]["message"].startswith(f"{field}")
+
+
+WEATHER = {
+    "name": "get_weather",
+    "description": "The weather in a city",
+    "input_schema": {"type": "object", "properties": {"city": {"type": "string", "maxLength": 12}}, "required": ["city"],
+                     "additionalProperties": False},
+}
+
+
+def test_a_forced_tool_use_streamed_or_not_and_its_result_in_history(client):
+    forced = {"tools": [WEATHER], "tool_choice": {"type": "tool", "name": "get_weather"}}
+    m = client.messages.create(model="m", max_tokens=80, messages=ask("Weather in Paris?"), extra_body=GREEDY, **forced)
+    assert m.stop_reason == "tool_use"
+    (use,) = [b for b in m.content if b.type == "tool_use"]
+    assert use.name == "get_weather" and set(use.input) == {"city"} and isinstance(use.input["city"], str)
+    with client.messages.stream(model="m", max_tokens=80, messages=ask("Weather in Paris?"), extra_body=GREEDY, **forced) as s:
+        final = s.get_final_message()
+    assert [b.type for b in final.content] == [b.type for b in m.content] and final.content[-1].input == use.input
+    history = ask("Weather in Paris?") + [
+        {"role": "assistant", "content": [b.model_dump(exclude_none=True) for b in m.content]},
+        {"role": "user", "content": [{"type": "tool_result", "tool_use_id": use.id, "content": "sunny, 21 C"}]},
+    ]
+    follow = client.messages.create(model="m", max_tokens=3, tools=[WEATHER], messages=history, extra_body=GREEDY)
+    assert follow.usage.output_tokens == 3
+    with_tools = client.messages.count_tokens(model="m", tools=[WEATHER], messages=ask("Weather in Paris?")).input_tokens
+    assert with_tools > client.messages.count_tokens(model="m", messages=ask("Weather in Paris?")).input_tokens + 10
+
+
+def test_any_tool_without_parallel_calls_gives_exactly_one(client):
+    second = {**WEATHER, "name": "get_time", "description": "The time in a city"}
+    m = client.messages.create(model="m", max_tokens=120, messages=ask("Weather and time in Paris?"), tools=[WEATHER, second],
+                               tool_choice={"type": "any", "disable_parallel_tool_use": True}, extra_body=GREEDY)
+    assert m.stop_reason == "tool_use" and [b.name for b in m.content if b.type == "tool_use"] in (["get_weather"], ["get_time"])
+
+
+def test_output_config_format_is_enforced(client):
+    schema = {"type": "object", "properties": {"name": {"type": "string", "maxLength": 10}, "age": {"type": "integer", "minimum": 0, "maximum": 150}},
+              "required": ["name", "age"], "additionalProperties": False}
+    m = client.messages.create(model="m", max_tokens=60, messages=ask("A person, as JSON"), extra_body=GREEDY,
+                               output_config={"format": {"type": "json_schema", "schema": schema}})
+    value = json.loads(m.content[0].text)
+    assert set(value) == {"name", "age"} and isinstance(value["age"], int) and m.stop_reason == "end_turn"
+    with pytest.raises(anthropic.BadRequestError) as err:  # a schema feature the grammar engine cannot enforce
+        client.messages.create(model="m", max_tokens=5, messages=ask("x"),
+                               output_config={"format": {"type": "json_schema", "schema": {"not": {"type": "string"}}}})
+    assert err.value.body["error"]["message"].startswith("output_config.format")
 
 
 def test_image_blocks_reach_the_media_checks_named_as_sent(client):

@@ -4,6 +4,8 @@ turn's KV (cached tokens), retrieve / delete / input items, refusals."""
 
 from __future__ import annotations
 
+import json
+
 import openai
 import pytest
 
@@ -119,12 +121,14 @@ def test_history_items_translate_to_chat_turns(client):
 
 
 @pytest.mark.parametrize("extra,param", [
-    ({"tools": [{"type": "function", "name": "f", "parameters": {}}]}, "tools"),
+    ({"tools": [{"type": "web_search"}]}, "tools[0].type"),
+    ({"tool_choice": {"type": "allowed_tools", "mode": "auto", "tools": []}}, "tool_choice.type"),
+    ({"top_logprobs": 3}, "top_logprobs"),
     ({"conversation": "conv_1"}, "conversation"),
     ({"background": True}, "background"),
     ({"truncation": "auto"}, "truncation"),
     ({"text": {"verbosity": "low"}}, "text.verbosity"),
-    ({"include": ["message.output_text.logprobs"]}, "include[0]"),
+    ({"include": ["file_search_call.results"]}, "include[0]"),
     ({"input": [{"type": "web_search_call", "id": "x"}]}, "input[0]"),
     ({"input": [{"role": "user", "content": [{"type": "input_file", "file_id": "f"}]}]}, "input[0].content[0]"),
     ({"max_output_tokens": 10**7}, "max_output_tokens"),
@@ -142,3 +146,50 @@ def test_an_image_for_a_text_model_is_named_as_sent(client):
     with pytest.raises(openai.BadRequestError) as err:
         client.responses.create(model="tiny", instructions="sys", input=[{"role": "user", "content": content}], max_output_tokens=1)
     assert err.value.body["param"] == "input[0].content[1]"
+
+
+WEATHER = {
+    "type": "function", "name": "get_weather", "description": "The weather in a city",
+    "parameters": {"type": "object", "properties": {"city": {"type": "string", "maxLength": 12}}, "required": ["city"],
+                   "additionalProperties": False},
+}
+
+
+def test_a_forced_function_call_streamed_or_not_then_its_output_continues_the_chain(client):
+    forced = {"tools": [WEATHER], "tool_choice": {"type": "function", "name": "get_weather"}}
+    r = client.responses.create(model="tiny", input="Weather in Paris?", max_output_tokens=80, **forced, **GREEDY)
+    (call,) = [o for o in r.output if o.type == "function_call"]
+    assert r.status == "completed" and call.name == "get_weather" and set(json.loads(call.arguments)) == {"city"}
+    assert call.id.startswith("fc_") and call.call_id
+    with client.responses.stream(model="tiny", input="Weather in Paris?", max_output_tokens=80, **forced, **GREEDY) as s:
+        kinds = [e.type for e in s]
+        final = s.get_final_response()
+    assert "response.function_call_arguments.delta" in kinds and kinds[-1] == "response.completed"
+    assert [o.type for o in final.output] == [o.type for o in r.output] and final.output[-1].arguments == call.arguments
+    # The same tools and choice (they shape the system prompt): the chain's KV serves all of turn 1.
+    follow = client.responses.create(model="tiny", previous_response_id=r.id, max_output_tokens=3, **forced,
+                                     input=[{"type": "function_call_output", "call_id": call.call_id, "output": "sunny"}], **GREEDY)
+    assert follow.usage.input_tokens_details.cached_tokens >= r.usage.input_tokens
+    assert follow.tools[0].name == "get_weather"
+
+
+def test_text_format_json_schema_with_the_sdks_parse(client):
+    from pydantic import BaseModel, Field
+
+    class Person(BaseModel):
+        name: str = Field(max_length=10)
+        age: int = Field(ge=0, le=150)
+
+    r = client.responses.parse(model="tiny", input="A person", text_format=Person, max_output_tokens=60, **GREEDY)
+    assert isinstance(r.output_parsed, Person) and r.status == "completed"
+
+
+def test_logprobs_streamed_and_whole(client):
+    ask = {"model": "tiny", "input": "Hello", "max_output_tokens": 5, "include": ["message.output_text.logprobs"], "top_logprobs": 2, **GREEDY}
+    r = client.responses.create(**ask)
+    lps = r.output[0].content[0].logprobs
+    assert len(lps) == 5 and all(len(t.top_logprobs) == 2 and t.logprob <= 0 for t in lps)
+    assert "".join(t.token for t in lps) == r.output_text
+    events = list(client.responses.create(**ask, stream=True))
+    streamed = [t for e in events if e.type == "response.output_text.delta" for t in e.logprobs]
+    assert [t.token for t in streamed] == [t.token for t in lps]
