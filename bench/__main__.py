@@ -5,6 +5,7 @@
     python -m bench cache                    prompt caching (real default model)
     python -m bench pool                     1/2/3 workers; the gateway's own streaming capacity
     python -m bench vision                   images: preprocessing, latency, text beside images (tiny VLM)
+    python -m bench agents                   constrained decoding vs not; grammar compile time (tiny model)
     python -m bench all                      every suite
 """
 
@@ -39,12 +40,19 @@ def _pool(args: argparse.Namespace, model: Path) -> None:
     run(model, max_tokens=args.max_tokens, streams=args.streams)
 
 
+def _agents(args: argparse.Namespace, model: Path) -> None:
+    from .agents import run
+
+    run(model, max_tokens=min(args.max_tokens, 128))
+
+
 # suite -> (runner, the model it uses unless --model says otherwise)
 SUITES: dict[str, tuple[Callable[[argparse.Namespace, Path], None], str]] = {
     "serving": (_serving, "tiny"),
     "cache": (_cache, "default"),
     "pool": (_pool, "tiny"),
     "vision": (_vision, "tiny-vlm"),
+    "agents": (_agents, "tiny"),
 }
 
 
