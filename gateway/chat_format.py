@@ -40,31 +40,29 @@ def usage_json(u: Usage) -> dict[str, Any]:
     }
 
 
-def completion(
-    *,
-    request_id: str,
-    model: str,
-    created: int,
-    content: str,
-    reasoning: str,
-    finish_reason: str,
-    usage: Usage,
-    conversation_id: str | None,
-    tool_calls: list[dict[str, Any]] | None = None,
-    logprobs: dict[str, Any] | None = None,
+def message_choice(
+    index: int, content: str, reasoning: str, finish_reason: str,
+    tool_calls: list[dict[str, Any]] | None = None, logprobs: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
+    """One entry of a ``chat.completion``'s ``choices``."""
     # With tool calls and no text before them, OpenAI's content is null.
     message: dict[str, Any] = {"role": "assistant", "content": content if content or not tool_calls else None, "refusal": None}
     if reasoning:
         message["reasoning_content"] = reasoning
     if tool_calls:
         message["tool_calls"] = tool_calls
+    return {"index": index, "message": message, "finish_reason": finish_reason, "logprobs": logprobs}
+
+
+def completion(
+    *, request_id: str, model: str, created: int, choices: list[dict[str, Any]], usage: Usage, conversation_id: str | None,
+) -> dict[str, Any]:
     return {
         "id": request_id,
         "object": "chat.completion",
         "created": created,
         "model": model,
-        "choices": [{"index": 0, "message": message, "finish_reason": finish_reason, "logprobs": logprobs}],
+        "choices": choices,
         "usage": usage_json(usage),
         "metadata": {"conversation_id": conversation_id},
     }
@@ -79,11 +77,12 @@ class ChunkWriter:
     def _event(self, choices: list[dict[str, Any]], **extra: Any) -> bytes:
         return b"data: " + _json.encode({**self._head, "choices": choices, **extra}) + b"\n\n"
 
-    def role(self) -> bytes:
-        return self._event([{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None, "logprobs": None}])
+    def role(self, index: int = 0) -> bytes:
+        return self._event([{"index": index, "delta": {"role": "assistant", "content": ""}, "finish_reason": None, "logprobs": None}])
 
     def delta(
         self, content: str, reasoning: str, tool_calls: list[dict[str, Any]] | None = None, logprobs: dict[str, Any] | None = None,
+        index: int = 0,
     ) -> bytes:
         delta: dict[str, Any] = {}
         if content:
@@ -92,10 +91,10 @@ class ChunkWriter:
             delta["reasoning_content"] = reasoning
         if tool_calls:
             delta["tool_calls"] = tool_calls
-        return self._event([{"index": 0, "delta": delta, "finish_reason": None, "logprobs": logprobs}])
+        return self._event([{"index": index, "delta": delta, "finish_reason": None, "logprobs": logprobs}])
 
-    def finish(self, reason: str) -> bytes:
-        return self._event([{"index": 0, "delta": {}, "finish_reason": reason, "logprobs": None}])
+    def finish(self, reason: str, index: int = 0) -> bytes:
+        return self._event([{"index": index, "delta": {}, "finish_reason": reason, "logprobs": None}])
 
     def usage(self, usage: Usage) -> bytes:
         return self._event([], usage=usage_json(usage))
@@ -170,29 +169,49 @@ def _pieces(outs: list[RequestOutput]) -> Iterable[ToolCallDelta]:
 
 
 def finish_reason(out: RequestOutput) -> str:
-    return out.finish_reason if out.finish_reason in ("stop", "length", "tool_calls") else "stop"
+    return _openai_reason(out.finish_reason)
+
+
+def _openai_reason(reason: str | None) -> str:
+    return reason if reason in ("stop", "length", "tool_calls") else "stop"
+
+
+def by_choice(outs: list[RequestOutput]) -> dict[int, list[RequestOutput]]:
+    """Outputs grouped by choice index, in the order the choices appear."""
+    groups: dict[int, list[RequestOutput]] = {}
+    for o in outs:
+        groups.setdefault(o.index, []).append(o)
+    return groups
 
 
 class ChatReply:
-    """The chat API's view of one generation (a ``dispatch.Reply``)."""
+    """The chat API's view of one generation (a ``dispatch.Reply``). With
+    ``n`` > 1 each choice's end arrives as ``choice_finish_reason``."""
 
-    def __init__(self, admitted: Admitted, *, include_usage: bool = False):
+    def __init__(self, admitted: Admitted, *, include_usage: bool = False, n: int = 1):
         self.admitted = admitted
         self.include_usage = include_usage
+        self.n = n
         self.writer = ChunkWriter(admitted.request_id, admitted.model, admitted.created)
 
     def open(self) -> Iterable[bytes]:
-        yield self.writer.role()
+        for index in range(self.n):
+            yield self.writer.role(index)
 
     def delta(self, outs: list[RequestOutput]) -> Iterable[bytes]:
-        content, reasoning = joined_text(outs)
-        calls = stream_tool_calls(outs)
-        logprobs = logprobs_json(outs)
-        if content or reasoning or calls or logprobs:
-            yield self.writer.delta(content, reasoning, calls, logprobs)
+        for index, group in by_choice(outs).items():
+            content, reasoning = joined_text(group)
+            calls = stream_tool_calls(group)
+            logprobs = logprobs_json(group)
+            if content or reasoning or calls or logprobs:
+                yield self.writer.delta(content, reasoning, calls, logprobs, index)
+            ended = [o.choice_finish_reason for o in group if o.choice_finish_reason]
+            if self.n > 1 and ended:
+                yield self.writer.finish(_openai_reason(ended[-1]), index)
 
     def close(self, final: RequestOutput) -> Iterable[bytes]:
-        yield self.writer.finish(finish_reason(final))
+        if self.n == 1:
+            yield self.writer.finish(finish_reason(final))
         if self.include_usage:
             yield self.writer.usage(final.usage or Usage())
         yield self.writer.done()
@@ -205,10 +224,14 @@ class ChatReply:
         return self.writer.keep_alive()
 
     def body(self, outs: list[RequestOutput]) -> dict[str, Any]:
-        content, reasoning = joined_text(outs)
         final, a = outs[-1], self.admitted
-        return completion(
-            request_id=a.request_id, model=a.model, created=a.created, content=content, reasoning=reasoning,
-            finish_reason=finish_reason(final), usage=final.usage or Usage(), conversation_id=a.conversation_id,
-            tool_calls=whole_tool_calls(outs), logprobs=logprobs_json(outs),
-        )
+        groups = by_choice(outs)
+        choices = []
+        for index in range(self.n):
+            group = groups.get(index, [])
+            content, reasoning = joined_text(group) if group else ("", "")
+            ended = [o.choice_finish_reason for o in group if o.choice_finish_reason]
+            reason = finish_reason(final) if self.n == 1 or not ended else _openai_reason(ended[-1])
+            choices.append(message_choice(index, content, reasoning, reason, whole_tool_calls(group), logprobs_json(group)))
+        return completion(request_id=a.request_id, model=a.model, created=a.created, choices=choices,
+                          usage=final.usage or Usage(), conversation_id=a.conversation_id)

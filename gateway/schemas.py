@@ -150,7 +150,7 @@ class ChatCompletionRequest(SamplingFields):
     stream_options: StreamOptions | None = None
     max_tokens: int | None = Field(default=None, ge=1)
     max_completion_tokens: int | None = Field(default=None, ge=1)
-    n: int | None = Field(default=None, ge=1, le=1)
+    n: int | None = Field(default=None, ge=1, le=128)  # the worker refuses more than it runs at once
     logprobs: bool | None = None
     top_logprobs: int | None = Field(default=None, ge=0, le=TOP_LOGPROBS_MAX)
     tools: list[FunctionTool] | None = Field(default=None, max_length=MAX_TOOLS)

@@ -17,6 +17,7 @@ from mlx_lm.generate import BatchGenerator, StopSequences
 
 from protocol.messages import CacheInfo, ChatRequest, ErrorInfo, RequestOutput
 
+from .choices import Choices, fork_caches
 from .generation_config import Sampling, SamplingDefaults, build_defaults
 from .grammar import GrammarCompiler, GrammarError, GrammarProcessor, answer_schema, response_format_grammar, tool_call_grammar
 from .logprobs import TokenBytes, read_logprobs
@@ -223,6 +224,8 @@ class Scheduler:
             constraint=constraint,
             arrived=arrived,
         )
+        if sampling_n(req) > 1:
+            seq.choices = Choices(sampling_n(req), [seq])
         return self._place(seq)
 
     def _place(self, seq: Sequence) -> RequestOutput | None:
@@ -257,13 +260,14 @@ class Scheduler:
             caches=[cache] if cache is not None else None,
             all_tokens=[cached_tokens],
             max_tokens=[seq.max_tokens],
-            samplers=[make_sampler(seq.sampling)],
+            samplers=[make_sampler(seq.sampling, seed_offset=seq.choice)],
             logits_processors=[make_logits_processors(seq.sampling) + ([seq.constraint] if seq.constraint else [])],
             stop_sequences=[self._no_stop if seq.request.sampling.ignore_eos else self._eos_stop],
         )
         seq.uid = uid
         self._by_uid[uid] = seq
-        self._by_id[seq.request_id] = seq
+        if seq.choice == 0:  # a request is found by its first choice
+            self._by_id[seq.request_id] = seq
 
     def tool_plan(self, req: ChatRequest) -> ToolPlan:
         """How this request's tools and tool history go into the prompt
@@ -312,9 +316,11 @@ class Scheduler:
     def resolve_sampling(self, req: ChatRequest) -> Sampling | ErrorInfo:
         """The request's sampling with every unset field defaulted
         (generation_config.py), or why it cannot be honoured."""
-        unsupported = _not_yet_supported(req)
-        if unsupported is not None:
-            return unsupported
+        if sampling_n(req) > self.limits.max_running:
+            return ErrorInfo(
+                f"n is {req.sampling.n}, but this worker runs at most {self.limits.max_running} sequences together",
+                param="n", code="invalid_value",
+            )
         sampling = self.sampling_defaults.resolve(req.sampling)
         bad = [t for t in sampling.logit_bias if not 0 <= t < self.vocab_size] if self.vocab_size else []
         if bad:
@@ -358,10 +364,12 @@ class Scheduler:
         seq = self._by_id.get(request_id)
         if seq is None:
             return None
-        self._batch.remove([seq.uid])
+        members = seq.choices.live() if seq.choices is not None else [seq]
+        self._batch.remove([m.uid for m in members])
         self.counters.aborted += error is None
         self.counters.errors += error is not None
-        return self._retire(seq, "error" if error else "abort", error=error)
+        outs = [self._retire(m, "error" if error else "abort", error=error) for m in members]
+        return outs[-1]
 
     def expired(self, now: float) -> list[str]:
         requests = [s.request for s in [*self._by_id.values(), *self._parked()]] + [r.request for r in self._rendering.values()]
@@ -402,6 +410,8 @@ class Scheduler:
             seq = self._by_uid.get(r.uid)
             if seq is None:
                 continue
+            if seq.choices is not None and not seq.choices.forked:
+                self._fork(seq, r.prompt_cache if r.finish_reason is not None else None)
             if r.finish_reason is not None:
                 seq.final_state = (r.all_tokens, r.prompt_cache)
             out = self._on_token(seq, r.token, r.finish_reason, now)
@@ -425,6 +435,28 @@ class Scheduler:
             state = self._extract(seq.uid)  # stopped at a message boundary: keep the state there
             if state is not None:
                 self.kv.checkpoint(seq.plan, *state)
+
+    def _fork(self, leader: Sequence, final_cache: list[Any] | None) -> None:
+        """The other choices of ``leader``'s request join the batch, from a
+        copy of its prompt KV (choices.py); a fork starts from the prompt's
+        last token, so it samples a first token of its own."""
+        group = leader.choices
+        group.forked = True
+        req, ids = leader.request, leader.prompt.token_ids
+        caches = fork_caches(lambda: self._batch.extract_cache([leader.uid])[leader.uid], group.n - 1, len(ids), final_cache)
+        for i, cache in enumerate(caches, start=1):
+            fork = Sequence(
+                request=req, client=leader.client, prompt=leader.prompt, sampling=leader.sampling,
+                detokenizer=self.tokenizer.detokenizer, text=self.text_stream(req, leader.prompt.starts_in_reasoning),
+                max_tokens=leader.max_tokens, cache=leader.cache, choice=i, choices=group,
+                constraint=self.constraint(req, leader.prompt.starts_in_reasoning),
+            )
+            fork.arrived, fork.prefill_started, fork.started_sent = leader.arrived, leader.prefill_started, True
+            group.members.append(fork)
+            if cache is not None:
+                self._insert(fork, ids[-1:], cache, ids[:-1])
+            else:  # a cache that cannot be trimmed: this choice prefills the prompt itself
+                self._insert(fork, list(ids), None, [])
 
     def _read_logprobs(self, responses: list[Any]) -> None:
         """Log-probabilities for the sequences that asked, all in one read."""
@@ -462,15 +494,17 @@ class Scheduler:
 
     def _retire(self, seq: Sequence, reason: str, content: str = "", reasoning: str = "", error: ErrorInfo | None = None) -> RequestOutput:
         self._by_uid.pop(seq.uid, None)
-        self._by_id.pop(seq.request_id, None)
-        self.counters.finished += 1
         if reason in ("stop", "length") and seq.final_state is None:
             self._retired[seq.uid] = seq  # stopped by a stop string: state comes with its removal
         elif reason in ("stop", "length"):
             self._commit(seq, *seq.final_state)
         else:
             self._commit(seq, None, None)  # aborted or failed: nothing is committed
-        return seq.final(reason, content, reasoning, error=error)  # type: ignore[arg-type]
+        out = seq.final(reason, content, reasoning, error=error)  # type: ignore[arg-type]
+        if out.finish_reason is not None:  # the request is over (its last choice, with n > 1)
+            self._by_id.pop(seq.request_id, None)
+            self.counters.finished += 1
+        return out
 
     def _commit(self, seq: Sequence, tokens: list[int] | None, cache: list | None) -> None:
         if self.kv is not None and seq.plan is not None:
@@ -489,9 +523,5 @@ def _vocab_size(model: Any, tokenizer: Any) -> int:
 
 
 
-def _not_yet_supported(req: ChatRequest) -> ErrorInfo | None:
-    """Fields this worker cannot honour yet: refused, never ignored."""
-    s = req.sampling
-    if s.n != 1:
-        return ErrorInfo("n > 1 is not supported yet", param="n", code="unsupported_parameter")
-    return None
+def sampling_n(req: ChatRequest) -> int:
+    return max(1, req.sampling.n)

@@ -36,6 +36,8 @@ class Sequence:
     constraint: Any = None  # a grammar.GrammarProcessor when the output must follow a grammar
     logprobs: list[TokenLogprob] = field(default_factory=list)  # read, not yet sent
     final_state: tuple[list[int], list] | None = None  # (tokens, KV cache) at a normal finish
+    choice: int = 0  # which of the request's n choices
+    choices: Any = None  # choices.Choices when n > 1
 
     @property
     def request_id(self) -> str:
@@ -43,7 +45,7 @@ class Sequence:
 
     def output(self, content: str = "", reasoning: str = "", tokens: int = 0) -> RequestOutput:
         """An output for this step; the first one also announces the cache decision."""
-        out = RequestOutput(request_id=self.request_id, content=content, reasoning=reasoning, tokens=tokens)
+        out = RequestOutput(request_id=self.request_id, content=content, reasoning=reasoning, tokens=tokens, index=self.choice)
         calls = self.text.take_calls()
         if calls:
             out.tool_calls = calls
@@ -63,14 +65,21 @@ class Sequence:
         tokens: int = 0,
         error: ErrorInfo | None = None,
     ) -> RequestOutput:
-        """The last output of a request. Every request ends through here."""
+        """The last output of a request (of one choice, with n > 1). Every
+        request ends through here."""
         self.finished = True
         out = self.output(content, reasoning, tokens)
         # A reply that called tools ends with "tool_calls" (OpenAI), unless cut short.
-        out.finish_reason = "tool_calls" if reason == "stop" and self.text.saw_calls else reason
-        out.error = error
-        out.usage = self.usage()
+        reason = "tool_calls" if reason == "stop" and self.text.saw_calls else reason
         out.stop_sequence = self.text.stop.matched
+        group = self.choices
+        if group is None:
+            out.finish_reason, out.error, out.usage = reason, error, self.usage()
+            return out
+        out.choice_finish_reason = reason
+        group.finished += 1
+        if group.finished >= group.n or error is not None or reason == "abort":
+            out.finish_reason, out.error, out.usage = reason, error, group.usage()
         return out
 
     def usage(self) -> Usage:

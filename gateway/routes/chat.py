@@ -31,7 +31,7 @@ async def chat_completions(request: Request) -> Response:
     include_usage = bool(body.stream_options and body.stream_options.include_usage)
     params = {"max_tokens": "max_completion_tokens"} if body.max_completion_tokens is not None else {}
     job = Generation(wire, body.model, affinity=wire.conversation_id, stream=bool(body.stream), params=params)
-    return await generate(request, job, lambda admitted: ChatReply(admitted, include_usage=include_usage))
+    return await generate(request, job, lambda admitted: ChatReply(admitted, include_usage=include_usage, n=body.n or 1))
 
 
 async def chat_wire(

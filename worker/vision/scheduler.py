@@ -148,6 +148,9 @@ class VisionScheduler(Scheduler):
         ``step``, once the prompt size is known. Returns None then."""
         if not has_media(req.messages):
             return super().admit(client, req)
+        if req.sampling.n > 1:
+            self.counters.rejected += 1
+            return rejection(req.request_id, ErrorInfo("n > 1 is not supported with images or video", param="n", code="unsupported_parameter"))
         if self.waiting >= self.limits.max_waiting:
             self.counters.rejected += 1
             return rejection(
