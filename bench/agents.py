@@ -22,7 +22,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import httpx
 
@@ -56,9 +56,6 @@ def decode_speeds(base_url: str, max_tokens: int, streams: int, rounds: int) -> 
     median of their per-pair ratios. The two runs of a pair use the same
     prompt and follow each other (order alternating by round), so a machine
     shared with other work loads both alike."""
-    free: list[float] = []
-    held: list[float] = []
-    ratios: list[float] = []
 
     def batch(prompt: str, constrained: bool) -> float:
         speeds: list[float] = []
@@ -76,10 +73,18 @@ def decode_speeds(base_url: str, max_tokens: int, streams: int, rounds: int) -> 
             t.join()
         return statistics.median(speeds)
 
+    return paired(batch, rounds)
+
+
+def paired(speed: Callable[[str, bool], float], rounds: int) -> tuple[float, float, float]:
+    """Median tok/s unconstrained and constrained, and the median of the pairs'
+    ratios; each pair is one prompt run both ways back to back, the order
+    alternating by round."""
+    free, held, ratios = [], [], []
     for r in range(rounds):
         for prompt in PROMPTS:
             order = (False, True) if r % 2 == 0 else (True, False)
-            got = {c: batch(prompt, c) for c in order}
+            got = {c: speed(prompt, c) for c in order}
             free.append(got[False])
             held.append(got[True])
             ratios.append(got[True] / got[False])
@@ -115,15 +120,7 @@ def in_process(model_path: Path, max_tokens: int, rounds: int) -> tuple[float, f
         gen.close()
         return (n - 1) / (time.perf_counter() - start)
 
-    free, held, ratios = [], [], []
-    for r in range(rounds):
-        for prompt in PROMPTS:
-            order = (False, True) if r % 2 == 0 else (True, False)
-            got = {c: speed(prompt, c) for c in order}
-            free.append(got[False])
-            held.append(got[True])
-            ratios.append(got[True] / got[False])
-    return statistics.median(free), statistics.median(held), statistics.median(ratios)
+    return paired(speed, rounds)
 
 
 def compile_times(model_path: Path, repeats: int = 5) -> tuple[float, float, float]:

@@ -21,7 +21,7 @@ import json
 import logging
 import threading
 from collections import OrderedDict
-from typing import Any
+from typing import Any, cast
 
 import mlx.core as mx
 import numpy as np
@@ -183,7 +183,7 @@ class GrammarProcessor:
     def __call__(self, tokens: mx.array, logits: mx.array) -> mx.array:
         n = tokens.size
         if self._seen is not None and n > self._seen:
-            for t in tokens[self._seen - n :].tolist():
+            for t in cast(list[int], tokens[self._seen - n :].tolist()):
                 self._advance(int(t))
         self._seen = n
         if self.gate is not None:

@@ -9,7 +9,7 @@ one device sync.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any, Callable, cast
 
 import mlx.core as mx
 
@@ -55,12 +55,14 @@ def read_logprobs(entries: list[tuple[int, mx.array, int]], token_bytes: TokenBy
         top_ids = mx.argpartition(-vectors, kth=k - 1, axis=-1)[:, :k]
         top_vals = mx.take_along_axis(vectors, top_ids, axis=-1)
         mx.eval(chosen, top_ids, top_vals)
-        ids_rows, vals_rows = top_ids.tolist(), top_vals.tolist()
+        ids_rows = cast(list[list[int]], top_ids.tolist())
+        vals_rows = cast(list[list[float]], top_vals.tolist())
     else:
         mx.eval(chosen)
-        ids_rows = vals_rows = [[] for _ in entries]
+        ids_rows, vals_rows = [[] for _ in entries], [[] for _ in entries]
     out: list[TokenLogprob] = []
-    for (token, _vec, want), lp, ids, vals in zip(entries, chosen.tolist(), ids_rows, vals_rows):
+    chosen_values = cast(list[float], chosen.tolist())
+    for (token, _vec, want), lp, ids, vals in zip(entries, chosen_values, ids_rows, vals_rows):
         ranked = sorted(zip(vals, ids), reverse=True)[:want]
         top = [TopLogprob(int(i), _finite(v), token_bytes(int(i))) for v, i in ranked]
         out.append(TokenLogprob(token, _finite(lp), token_bytes(token), top))
