@@ -61,11 +61,29 @@ def response_format_grammar(fmt: ResponseFormat) -> str:
         raise GrammarError(f"response_format: the schema is not valid: {exc}", "response_format") from None
 
 
-def tool_call_grammar(plan: ToolPlan, answer: dict[str, Any] | None = None) -> str:
+def marker_tokens(tokenizer: Any, markers: list[str]) -> dict[str, int]:
+    """Call markers that are one added token of this vocabulary (Qwen's
+    ``<tool_call>``): the grammar must ask for that token, not its spelling."""
+    inner = getattr(tokenizer, "_tokenizer", tokenizer)
+    added = set(getattr(inner, "get_added_vocab", dict)().values())
+    out: dict[str, int] = {}
+    for m in markers:
+        ids = tokenizer.encode(m, add_special_tokens=False) if m else []
+        if len(ids) == 1 and ids[0] in added:
+            out[m] = ids[0]
+    return out
+
+
+def _literal(text: str, tokens: dict[str, int]) -> str:
+    return f"<[{tokens[text]}]>" if text in tokens else json.dumps(text)
+
+
+def tool_call_grammar(plan: ToolPlan, answer: dict[str, Any] | None = None, tokens: dict[str, int] | None = None) -> str:
     """A grammar for one call (named tool, or parallel calls not allowed) or
     one or more calls, each in the family's format with its tool's schema.
     ``answer``: a JSON schema the reply may match instead of calling
-    (``response_format`` with ``tool_choice`` auto)."""
+    (``response_format`` with ``tool_choice`` auto). ``tokens``: markers
+    that are single tokens (``marker_tokens``)."""
     from llguidance import LLMatcher
 
     tools = [t["function"] for t in plan.tools if plan.choice.mode != "function" or t["function"]["name"] == plan.choice.name]
@@ -85,9 +103,10 @@ def tool_call_grammar(plan: ToolPlan, answer: dict[str, Any] | None = None) -> s
     if plan.format.family == "llama3":
         call, sep = f"call: {body}", '"; "'
     elif plan.format.family == "hermes":
-        call, sep = f"call: {json.dumps(plan.format.start + chr(10))} {body} {json.dumps(chr(10) + plan.format.end)}", r'"\n"'
+        start, end = _literal(plan.format.start, tokens or {}), _literal(plan.format.end, tokens or {})
+        call, sep = f'call: {start} "\\n" {body} "\\n" {end}', r'"\n"'
     else:  # kmlx's fallback format
-        call, sep = f"call: {json.dumps(plan.format.start)} {body} {json.dumps(plan.format.end)}", r'"\n"'
+        call, sep = f"call: {_literal(plan.format.start, tokens or {})} {body} {_literal(plan.format.end, tokens or {})}", r'"\n"'
     many = plan.parallel and plan.choice.mode != "function"
     calls = f"call ({sep} call){{0,{MAX_PARALLEL_CALLS - 1}}}" if many else "call"
     if answer is not None:

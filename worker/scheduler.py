@@ -19,7 +19,15 @@ from protocol.messages import CacheInfo, ChatRequest, ErrorInfo, RequestOutput
 
 from .choices import Choices, fork_caches
 from .generation_config import Sampling, SamplingDefaults, build_defaults
-from .grammar import GrammarCompiler, GrammarError, GrammarProcessor, answer_schema, response_format_grammar, tool_call_grammar
+from .grammar import (
+    GrammarCompiler,
+    GrammarError,
+    GrammarProcessor,
+    answer_schema,
+    marker_tokens,
+    response_format_grammar,
+    tool_call_grammar,
+)
 from .logprobs import TokenBytes, read_logprobs
 from .kv.manager import ControlError, PromptCacheManager
 from .prefix_sharing import PrefixSharing
@@ -85,6 +93,8 @@ class Scheduler:
         self.template_defaults = template_defaults or {}
         self.tool_format = detect_tool_format(tokenizer, template_source(tokenizer))
         self.grammars = GrammarCompiler(tokenizer, cache_size=grammar_cache_size)
+        fmt = self.tool_format
+        self.marker_tokens = marker_tokens(tokenizer, [fmt.start, fmt.end, FALLBACK.start, FALLBACK.end])
         self.token_bytes = TokenBytes(tokenizer, self.grammars.peek)
         self.kv = kv
         if kv is not None:
@@ -285,9 +295,9 @@ class Scheduler:
         forced = plan.offered and req.tool_choice.mode in ("required", "function")
         fmt = req.response_format
         if forced:
-            grammar, param = tool_call_grammar(plan), "tools"
+            grammar, param = tool_call_grammar(plan, tokens=self.marker_tokens), "tools"
         elif fmt.type != "text" and plan.offered and plan.format.constrainable:
-            grammar, param = tool_call_grammar(plan, answer=answer_schema(fmt)), "response_format"
+            grammar, param = tool_call_grammar(plan, answer=answer_schema(fmt), tokens=self.marker_tokens), "response_format"
         elif fmt.type != "text":
             grammar, param = response_format_grammar(fmt), "response_format"
         else:

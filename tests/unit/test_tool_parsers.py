@@ -150,3 +150,16 @@ def test_other_mlx_lm_families_are_parsed_whole():
     text = "<tool_call>\n<function=get_weather>\n<parameter=city>\nParis\n</parameter>\n</function>\n</tool_call>"
     content, calls = run(fmt.parser([{"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}}]), text, 3)
     assert content == "" and calls[0]["name"] == "get_weather" and calls[0]["arguments"] == {"city": "Paris"}
+
+
+def test_single_token_markers_are_asked_for_as_tokens():
+    """Qwen's <tool_call> is one added token: a forced call must use it, not spell it."""
+    from protocol.messages import ToolChoice
+    from worker.grammar import tool_call_grammar
+    from worker.tool_format import ToolPlan
+
+    plan = ToolPlan(ToolFormat("hermes", True), [{"type": "function", "function": {"name": "f", "parameters": {}}}], ToolChoice("required"))
+    spelled = tool_call_grammar(plan)
+    assert '"<tool_call>"' in spelled and "<[" not in spelled
+    as_tokens = tool_call_grammar(plan, tokens={"<tool_call>": 151657, "</tool_call>": 151658})
+    assert "<[151657]>" in as_tokens and "<[151658]>" in as_tokens
