@@ -60,8 +60,10 @@ def test_follow_up_turns_prefill_only_new_tokens(tiny_stack):
     msgs = [{"role": "system", "content": system}, {"role": "user", "content": "Hello there"}]
     r1 = chat(tiny_stack, conv, msgs)
     mode, cached, processing = kv(r1)
-    assert (mode, cached) == ("fresh", 0)
-    assert processing == r1.json()["usage"]["prompt_tokens"]
+    # A new conversation: at most the template's opening tokens before this
+    # unique system text ("<|im_start|>system\n") come from the cache by content.
+    assert mode == "fresh" and cached <= 8
+    assert cached + processing == r1.json()["usage"]["prompt_tokens"]
     assert r1.headers["x-conv-id"] == conv
     assert r1.json()["metadata"]["conversation_id"] == conv
 
