@@ -162,24 +162,29 @@ class OutputConfig(_Strict):
     effort: Literal["low", "medium", "high", "xhigh", "max"] | None = None
 
 
-class MessagesRequest(_Strict):
+class CountTokensRequest(_Strict):
+    """What shapes the prompt; all of ``/v1/messages/count_tokens``."""
+
     model: str
     messages: list[Message] = Field(min_length=1)
-    max_tokens: int = Field(ge=1)
     system: Union[str, list[TextBlock], None] = None
+    thinking: ThinkingConfig | None = None
+    cache_control: CacheControl | None = None
+    tools: list[Tool] | None = Field(default=None, max_length=128)
+    tool_choice: ToolChoice | None = None
+    output_config: OutputConfig | None = None
+
+
+class MessagesRequest(CountTokensRequest):
+    max_tokens: int = Field(ge=1)
     stop_sequences: list[Annotated[str, Field(max_length=MAX_STOP_LENGTH)]] | None = Field(default=None, max_length=MAX_STOP_SEQUENCES)
     stream: bool | None = False
     temperature: float | None = Field(default=None, ge=0.0, le=1.0)
     top_p: float | None = Field(default=None, gt=0.0, le=1.0)
     top_k: int | None = Field(default=None, ge=0)
     metadata: Metadata | None = None
-    thinking: ThinkingConfig | None = None
     service_tier: Literal["auto", "standard_only"] | None = None
-    cache_control: CacheControl | None = None
     speed: Literal["standard"] | None = None
-    tools: list[Tool] | None = Field(default=None, max_length=128)
-    tool_choice: ToolChoice | None = None
-    output_config: OutputConfig | None = None
     # kmlx extensions, as on chat completions
     conversation: str | None = None
     reset_conversation: bool | None = None
@@ -192,19 +197,6 @@ class MessagesRequest(_Strict):
         if t is not None and t.budget_tokens is not None and t.budget_tokens >= self.max_tokens:
             raise ValueError("thinking.budget_tokens must be less than max_tokens")
         return self
-
-
-class CountTokensRequest(_Strict):
-    """``/v1/messages/count_tokens``: the prompt part of a messages request."""
-
-    model: str
-    messages: list[Message] = Field(min_length=1)
-    system: Union[str, list[TextBlock], None] = None
-    thinking: ThinkingConfig | None = None
-    cache_control: CacheControl | None = None
-    tools: list[Tool] | None = Field(default=None, max_length=128)
-    tool_choice: ToolChoice | None = None
-    output_config: OutputConfig | None = None
 
 
 # Fields Anthropic documents that kmlx cannot honour: a 400 naming them when set.

@@ -129,11 +129,8 @@ def test_suffix_fills_the_middle_with_the_models_fim_tokens(fim_stack):
 
 
 @pytest.fixture(scope="module")
-@starts_processes
-def smol(default_model_path, log_dir):
-    stack = start_stack(default_model_path, log_dir)
-    yield openai.OpenAI(base_url=stack.base_url, api_key="unused", max_retries=0, timeout=120)
-    stack.stop()
+def smol(smol_stack):
+    return openai.OpenAI(base_url=smol_stack.base_url, api_key="unused", max_retries=0, timeout=120)
 
 
 def test_the_real_model_continues_a_raw_prompt(smol):

@@ -200,11 +200,8 @@ def test_a_vision_model_reads_image_blocks(vision_client):
 
 
 @pytest.fixture(scope="module")
-@starts_processes
-def smol_client(default_model_path, log_dir):
-    stack = start_stack(default_model_path, log_dir)
-    yield anthropic.Anthropic(base_url=stack.root_url, api_key="unused", max_retries=0, timeout=120)
-    stack.stop()
+def smol_client(smol_stack):
+    return anthropic.Anthropic(base_url=smol_stack.root_url, api_key="unused", max_retries=0, timeout=120)
 
 
 def test_the_real_model_answers_through_messages(smol_client):

@@ -9,8 +9,6 @@ import json
 import openai
 import pytest
 
-from tests.support.e2e import starts_processes
-from tests.support.processes import start_stack
 
 GREEDY = {"temperature": 0.0}
 
@@ -21,11 +19,8 @@ def client(tiny_stack) -> openai.OpenAI:
 
 
 @pytest.fixture(scope="module")
-@starts_processes
-def smol(default_model_path, log_dir):
-    stack = start_stack(default_model_path, log_dir)
-    yield openai.OpenAI(base_url=stack.base_url, api_key="unused", max_retries=0, timeout=120)
-    stack.stop()
+def smol(smol_stack):
+    return openai.OpenAI(base_url=smol_stack.base_url, api_key="unused", max_retries=0, timeout=120)
 
 
 def test_create_returns_a_response_object(client):
