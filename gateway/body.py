@@ -18,12 +18,14 @@ M = TypeVar("M", bound=BaseModel)
 
 
 MAX_JSON_DEPTH = 64  # nested arrays/objects; deep enough for any tool's JSON schema
+_INT_MIN, _INT_MAX = -(2**63), 2**64 - 1  # what MessagePack carries
 
 
 def json_object(raw: bytes) -> dict[str, Any]:
     """A JSON object, nested at most ``MAX_JSON_DEPTH`` deep and holding only
-    text the worker's wire format can carry (no lone UTF-16 surrogates):
-    past this point nothing recurses without bound or fails to encode."""
+    what the worker's wire format can carry (no lone UTF-16 surrogates, no
+    integer past 64 bits): past this point nothing recurses without bound
+    or fails to encode."""
     try:
         data = json.loads(raw)
     except RecursionError:
@@ -47,6 +49,9 @@ def _check_structure(data: Any) -> None:
         value, depth = stack.pop()
         if isinstance(value, str):
             _check_text(value)
+        elif isinstance(value, int) and not _INT_MIN <= value <= _INT_MAX:
+            raise APIError(400, f"request body holds an integer too large to process ({str(value)[:40]}...)",
+                           code="invalid_value")
         elif isinstance(value, (dict, list)):
             if depth > MAX_JSON_DEPTH:
                 raise _too_deep()
@@ -56,7 +61,7 @@ def _check_structure(data: Any) -> None:
                 children = value.values()
             else:
                 children = value
-            stack.extend((child, depth + 1) for child in children if isinstance(child, (str, dict, list)))
+            stack.extend((child, depth + 1) for child in children if isinstance(child, (str, int, dict, list)))
 
 
 def _check_text(text: str) -> None:

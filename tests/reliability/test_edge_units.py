@@ -41,6 +41,14 @@ def test_lone_surrogates_are_a_400(body):
     assert err.value.status == 400 and err.value.code == "invalid_value"
 
 
+@pytest.mark.parametrize("number", [2**64, -(2**63) - 1, 10**40])
+def test_integers_past_64_bits_are_a_400(number):
+    with pytest.raises(APIError) as err:
+        json_object(json.dumps({"tokens": [1, number]}).encode())
+    assert err.value.status == 400 and err.value.code == "invalid_value"
+    assert json_object(json.dumps({"n": 2**64 - 1, "m": -(2**63)}).encode())["n"] == 2**64 - 1
+
+
 def test_real_astral_characters_pass():
     assert json_object(json.dumps({"t": "😀 \ud83d\ude00"}).encode())["t"] == "😀 😀"
 
