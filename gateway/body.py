@@ -8,6 +8,7 @@ location as the parameter path (``messages[0].content[1].source``).
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
@@ -55,12 +56,11 @@ def _check_structure(data: Any) -> None:
         elif isinstance(value, (dict, list)):
             if depth > MAX_JSON_DEPTH:
                 raise _too_deep()
+            children: Iterable[Any] = value
             if isinstance(value, dict):
                 for key in value:
                     _check_text(key)
                 children = value.values()
-            else:
-                children = value
             stack.extend((child, depth + 1) for child in children if isinstance(child, (str, int, dict, list)))
 
 

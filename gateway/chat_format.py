@@ -169,10 +169,10 @@ def _pieces(outs: list[RequestOutput]) -> Iterable[ToolCallDelta]:
 
 
 def finish_reason(out: RequestOutput) -> str:
-    return _openai_reason(out.finish_reason)
+    return openai_reason(out.finish_reason)
 
 
-def _openai_reason(reason: str | None) -> str:
+def openai_reason(reason: str | None) -> str:
     return reason if reason in ("stop", "length", "tool_calls") else "stop"
 
 
@@ -207,7 +207,7 @@ class ChatReply:
                 yield self.writer.delta(content, reasoning, calls, logprobs, index)
             ended = [o.choice_finish_reason for o in group if o.choice_finish_reason]
             if self.n > 1 and ended:
-                yield self.writer.finish(_openai_reason(ended[-1]), index)
+                yield self.writer.finish(openai_reason(ended[-1]), index)
 
     def close(self, final: RequestOutput) -> Iterable[bytes]:
         if self.n == 1:
@@ -231,7 +231,7 @@ class ChatReply:
             group = groups.get(index, [])
             content, reasoning = joined_text(group) if group else ("", "")
             ended = [o.choice_finish_reason for o in group if o.choice_finish_reason]
-            reason = finish_reason(final) if self.n == 1 or not ended else _openai_reason(ended[-1])
+            reason = finish_reason(final) if self.n == 1 or not ended else openai_reason(ended[-1])
             choices.append(message_choice(index, content, reasoning, reason, whole_tool_calls(group), logprobs_json(group)))
         return completion(request_id=a.request_id, model=a.model, created=a.created, choices=choices,
                           usage=final.usage or Usage(), conversation_id=a.conversation_id)

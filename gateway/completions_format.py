@@ -12,7 +12,7 @@ import msgspec
 
 from protocol.messages import RequestOutput, TokenLogprob, Usage
 
-from .chat_format import ChunkWriter, finish_reason, usage_json
+from .chat_format import ChunkWriter, by_choice, finish_reason, openai_reason, usage_json
 from .dispatch import Admitted, joined_text
 from .errors import APIError
 
@@ -46,32 +46,40 @@ class LegacyLogprobs:
 
 
 class CompletionReply:
-    """One completion choice, streamed or whole. ``echo``: the prompt text,
-    put before the generated text."""
+    """The choices of one completion, streamed or whole. ``echo``: the
+    prompt text, put before each choice's text. With ``n`` > 1 each choice's
+    end arrives as ``choice_finish_reason``."""
 
-    def __init__(self, admitted: Admitted, *, echo: str = "", include_usage: bool = False):
+    def __init__(self, admitted: Admitted, *, echo: str = "", include_usage: bool = False, n: int = 1):
         self.admitted = admitted
         self.echo = echo
         self.include_usage = include_usage
+        self.n = n
         self._head = {"id": admitted.request_id, "object": "text_completion", "created": admitted.created, "model": admitted.model}
-        self.logprobs = LegacyLogprobs(len(echo))
+        self.logprobs = [LegacyLogprobs(len(echo)) for _ in range(n)]  # offsets run on per choice
 
-    def _chunk(self, text: str, reason: str | None, logprobs: dict[str, Any] | None = None) -> bytes:
-        choice = {"index": 0, "text": text, "logprobs": logprobs, "finish_reason": reason}
+    def _chunk(self, text: str, reason: str | None, logprobs: dict[str, Any] | None = None, index: int = 0) -> bytes:
+        choice = {"index": index, "text": text, "logprobs": logprobs, "finish_reason": reason}
         return b"data: " + _json.encode({**self._head, "choices": [choice]}) + b"\n\n"
 
     def open(self) -> Iterable[bytes]:
         if self.echo:
-            yield self._chunk(self.echo, None)
+            for index in range(self.n):
+                yield self._chunk(self.echo, None, index=index)
 
     def delta(self, outs: list[RequestOutput]) -> Iterable[bytes]:
-        text, _ = joined_text(outs)
-        logprobs = self.logprobs.of(outs)
-        if text or logprobs:
-            yield self._chunk(text, None, logprobs)
+        for index, group in by_choice(outs).items():
+            text, _ = joined_text(group)
+            logprobs = self.logprobs[index].of(group)
+            if text or logprobs:
+                yield self._chunk(text, None, logprobs, index)
+            ended = [o.choice_finish_reason for o in group if o.choice_finish_reason]
+            if self.n > 1 and ended:
+                yield self._chunk("", openai_reason(ended[-1]), index=index)
 
     def close(self, final: RequestOutput) -> Iterable[bytes]:
-        yield self._chunk("", finish_reason(final))
+        if self.n == 1:
+            yield self._chunk("", finish_reason(final))
         if self.include_usage:
             usage = usage_json(final.usage or Usage())
             yield b"data: " + _json.encode({**self._head, "choices": [], "usage": usage}) + b"\n\n"
@@ -85,8 +93,13 @@ class CompletionReply:
         return ChunkWriter.keep_alive()
 
     def body(self, outs: list[RequestOutput]) -> dict[str, Any]:
-        text, _ = joined_text(outs)
         final = outs[-1]
-        logprobs = self.logprobs.of(outs)
-        choice = {"index": 0, "text": self.echo + text, "logprobs": logprobs, "finish_reason": finish_reason(final)}
-        return {**self._head, "choices": [choice], "usage": usage_json(final.usage or Usage())}
+        groups = by_choice(outs)
+        choices = []
+        for index in range(self.n):
+            group = groups.get(index, [])
+            text, _ = joined_text(group) if group else ("", "")
+            ended = [o.choice_finish_reason for o in group if o.choice_finish_reason]
+            reason = finish_reason(final) if self.n == 1 or not ended else openai_reason(ended[-1])
+            choices.append({"index": index, "text": self.echo + text, "logprobs": self.logprobs[index].of(group), "finish_reason": reason})
+        return {**self._head, "choices": choices, "usage": usage_json(final.usage or Usage())}

@@ -30,8 +30,8 @@ class CompletionRequest(SamplingFields):
     stream_options: StreamOptions | None = None
     echo: bool | None = None
     logprobs: int | None = Field(default=None, ge=0, le=5)  # the legacy shape: this many alternatives per token
-    n: int | None = Field(default=None, ge=1, le=1)
-    best_of: int | None = Field(default=None, ge=1, le=1)
+    n: int | None = Field(default=None, ge=1, le=128)  # the worker refuses more than it runs at once
+    best_of: int | None = Field(default=None, ge=1)  # only equal to n: kmlx returns every choice it generates
     user: str | None = None  # an identifier; no effect on a local server
     # kmlx extensions, as on chat completions
     conversation: str | None = None
@@ -74,16 +74,16 @@ class CompletionRequest(SamplingFields):
 
     def sampling(self) -> SamplingParams:
         wanted = self.logprobs is not None
-        return self.sampling_params(max_tokens=self.max_tokens, logprobs=wanted, top_logprobs=self.logprobs or 0)
+        return self.sampling_params(max_tokens=self.max_tokens, logprobs=wanted, top_logprobs=self.logprobs or 0, n=self.n or 1)
 
 
 def parse_completion_request(raw: bytes) -> CompletionRequest:
     body = validate(CompletionRequest, json_object(raw))
+    if body.best_of is not None and body.best_of != (body.n or 1):
+        raise APIError(400, "best_of: only equal to n (kmlx returns every choice it generates)", param="best_of", code="unsupported_value")
     if body.suffix is not None and body.echo:
         raise APIError(400, "echo: cannot be used together with suffix", param="echo", code="invalid_value")
     if body.echo and body.logprobs is not None:
         raise APIError(400, "logprobs: with echo this needs the prompt's logprobs, which kmlx does not compute",
                        param="logprobs", code="unsupported_value")
-    if body.echo and body.text_prompt is None:
-        raise APIError(400, "echo: needs a text prompt (token ids cannot be echoed yet)", param="echo", code="unsupported_value")
     return body

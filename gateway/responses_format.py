@@ -26,7 +26,7 @@ from protocol.messages import RequestOutput, Usage
 from .chat_format import logprobs_json
 from .dispatch import Admitted
 from .errors import APIError
-from .responses_schema import ResponseRequest, item_id
+from .responses_schema import NamedFunction, ResponseRequest, item_id
 
 _json = msgspec.json.Encoder()
 
@@ -130,7 +130,7 @@ class ResponsesReply:
             "store": b.store is not False,
             "temperature": b.temperature,
             "text": {"format": fmt},
-            "tool_choice": b.tool_choice.model_dump() if hasattr(b.tool_choice, "model_dump") else (b.tool_choice or "auto"),
+            "tool_choice": b.tool_choice.model_dump() if isinstance(b.tool_choice, NamedFunction) else (b.tool_choice or "auto"),
             "tools": [t.model_dump(exclude_none=True) for t in b.tools or []],
             "top_logprobs": b.top_logprobs or 0,
             "top_p": b.top_p,
@@ -211,10 +211,10 @@ class ResponsesReply:
             for kind, key, text in _pieces(out):
                 if kind == "call":
                     index, call_id, name = key
-                    item = self._new("function_call")
-                    item.call_id, item.name = call_id, name
-                    self._calls[index] = item
-                    yield from self._start(item)
+                    started = self._new("function_call")
+                    started.call_id, started.name = call_id, name
+                    self._calls[index] = started
+                    yield from self._start(started)
                     continue
                 if not text:
                     continue

@@ -227,7 +227,7 @@ class Scheduler:
             client=client,
             prompt=prompt,
             sampling=sampling,
-            detokenizer=self.tokenizer.detokenizer if req.prompt is None else untrimmed(self.tokenizer.detokenizer),
+            detokenizer=self.detokenizer(req),
             text=self.text_stream(req, prompt.starts_in_reasoning),
             max_tokens=max_tokens,
             cache=CacheInfo("disabled", 0, n_prompt),
@@ -339,6 +339,10 @@ class Scheduler:
                 param="logit_bias", code="invalid_value",
             )
         return sampling
+
+    def detokenizer(self, req: ChatRequest) -> Any:
+        """A fresh streaming detokenizer for one choice of ``req``."""
+        return self.tokenizer.detokenizer if req.prompt is None else untrimmed(self.tokenizer.detokenizer)
 
     def completion_budget(
         self, req: ChatRequest, n_prompt: int, what: str = "the messages", *, sampling: Sampling | None = None
@@ -457,7 +461,7 @@ class Scheduler:
         for i, cache in enumerate(caches, start=1):
             fork = Sequence(
                 request=req, client=leader.client, prompt=leader.prompt, sampling=leader.sampling,
-                detokenizer=self.tokenizer.detokenizer, text=self.text_stream(req, leader.prompt.starts_in_reasoning),
+                detokenizer=self.detokenizer(req), text=self.text_stream(req, leader.prompt.starts_in_reasoning),
                 max_tokens=leader.max_tokens, cache=leader.cache, choice=i, choices=group,
                 constraint=self.constraint(req, leader.prompt.starts_in_reasoning),
             )

@@ -17,6 +17,7 @@ from ..completions_schema import parse_completion_request
 from ..config import GatewayConfig
 from ..conversation import resolve_conversation_id
 from ..dispatch import Generation, generate, new_request_id, refuse_if_draining, request_deadline
+from .tokenize import call_any_worker
 
 router = APIRouter()
 
@@ -36,7 +37,10 @@ async def completions(request: Request) -> Response:
         reset_conversation=bool(body.reset_conversation),
         deadline=request_deadline(request),
     )
-    echo = body.text_prompt if body.echo else ""
+    echo = ""
+    if body.echo:  # token ids are echoed as the model's tokenizer reads them
+        text = body.text_prompt
+        echo = text if text is not None else (await call_any_worker(request, body.model, "detokenize", {"tokens": wire.prompt}, param="prompt"))["prompt"]
     include_usage = bool(body.stream and body.stream_options and body.stream_options.include_usage)
     job = Generation(wire, body.model, affinity=wire.conversation_id, stream=bool(body.stream))
-    return await generate(request, job, lambda admitted: CompletionReply(admitted, echo=echo or "", include_usage=include_usage))
+    return await generate(request, job, lambda admitted: CompletionReply(admitted, echo=echo, include_usage=include_usage, n=body.n or 1))

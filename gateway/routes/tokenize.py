@@ -57,16 +57,18 @@ async def tokenize(request: Request) -> dict[str, Any]:
         args["messages"] = [m.model_dump(exclude_none=True) for m in body.messages or []]
         args["tools"] = [t.wire() for t in body.tools] if body.tools else None
         args["chat_template_kwargs"] = body.chat_template_kwargs
-    return await _call(request, body.model, "tokenize", args)
+    return await call_any_worker(request, body.model, "tokenize", args)
 
 
 @router.post("/detokenize")
 async def detokenize(request: Request) -> dict[str, Any]:
     body = validate(DetokenizeRequest, json_object(await request.body()))
-    return await _call(request, body.model, "detokenize", {"tokens": body.tokens})
+    return await call_any_worker(request, body.model, "detokenize", {"tokens": body.tokens}, param="tokens")
 
 
-async def _call(request: Request, model: str | None, method: str, args: dict[str, Any]) -> dict[str, Any]:
+async def call_any_worker(request: Request, model: str | None, method: str, args: dict[str, Any], *, param: str | None = None) -> dict[str, Any]:
+    """A control call on the least-loaded worker of ``model``; its refusal
+    is a 4xx naming ``param``."""
     pool: WorkerPool = request.app.state.pool
     try:
         worker, _ = pool.choose(model, None)
@@ -81,5 +83,5 @@ async def _call(request: Request, model: str | None, method: str, args: dict[str
     if not reply.ok:
         e = reply.error
         assert e is not None
-        raise APIError(e.status, e.message, code=e.code, param="tokens" if method == "detokenize" else None)
+        raise APIError(e.status, e.message, code=e.code, param=param)
     return reply.result

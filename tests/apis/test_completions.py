@@ -52,12 +52,14 @@ def test_stream_matches_whole_and_reports_usage(client):
     assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens == 8
 
 
-def test_echo_puts_the_prompt_first_streamed_or_not(client):
+def test_echo_puts_the_prompt_first_streamed_or_not(client, tokenizer):
     plain = client.completions.create(model="tiny", prompt="Echo this", max_tokens=4, **GREEDY).choices[0].text
     echoed = client.completions.create(model="tiny", prompt="Echo this", max_tokens=4, echo=True, **GREEDY).choices[0].text
     assert echoed == "Echo this" + plain
     streamed = client.completions.create(model="tiny", prompt="Echo this", max_tokens=4, echo=True, stream=True, **GREEDY)
     assert "".join(c.choices[0].text for c in streamed) == echoed
+    ids = client.completions.create(model="tiny", prompt=tokenizer.encode("Echo this").ids, max_tokens=4, echo=True, **GREEDY)
+    assert ids.choices[0].text == echoed  # token ids echo as their text
     only = client.completions.create(model="tiny", prompt="Echo this", max_tokens=0, echo=True)
     assert only.choices[0].text == "Echo this" and only.usage.completion_tokens == 0 and only.usage.prompt_tokens > 0
 
@@ -74,9 +76,7 @@ def test_stop_ends_the_text_before_the_stop_string(client):
     ({"prompt": []}, "prompt"),
     ({"prompt": "x", "logprobs": 2, "echo": True}, "logprobs"),  # the prompt's logprobs are not computed
     ({"prompt": "x", "logprobs": 6}, "logprobs"),
-    ({"prompt": "x", "n": 2}, "n"),
-    ({"prompt": "x", "best_of": 3}, "best_of"),
-    ({"prompt": [1, 2], "echo": True}, "echo"),
+    ({"prompt": "x", "n": 2, "best_of": 3}, "best_of"),
     ({"prompt": [1, 10**7]}, "prompt"),
     ({"prompt": "x", "suffix": "y"}, "suffix"),  # the tiny model has no FIM tokens
 ])
@@ -96,6 +96,18 @@ def test_legacy_logprobs_streamed_and_whole(client):
     streamed = [t for ch in chunks if ch.choices and ch.choices[0].logprobs for t in ch.choices[0].logprobs.tokens]
     offsets = [o for ch in chunks if ch.choices and ch.choices[0].logprobs for o in ch.choices[0].logprobs.text_offset]
     assert streamed == lp.tokens and offsets == lp.text_offset
+
+
+def test_n_choices_share_the_prompt_and_echo_each(client):
+    single = client.completions.create(model="tiny", prompt="Once upon", max_tokens=4, **GREEDY).choices[0].text
+    many = client.completions.create(model="tiny", prompt="Once upon", max_tokens=4, n=3, echo=True, **GREEDY)
+    assert [c.index for c in many.choices] == [0, 1, 2] and {c.text for c in many.choices} == {"Once upon" + single}
+    scored = client.completions.create(model="tiny", prompt="Once upon", max_tokens=4, n=2, logprobs=1, **GREEDY)
+    assert all(c.logprobs.text_offset[0] == 0 and len(c.logprobs.tokens) == 4 and c.finish_reason == "length" for c in scored.choices)
+    chunks = list(client.completions.create(model="tiny", prompt="Once upon", max_tokens=4, n=2, stream=True, **GREEDY))
+    for index in (0, 1):
+        mine = [c.choices[0] for c in chunks if c.choices and c.choices[0].index == index]
+        assert "".join(c.text for c in mine) == single and [c.finish_reason for c in mine if c.finish_reason] == ["length"]
 
 
 @pytest.fixture(scope="module")
