@@ -6,7 +6,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.kmlx-setup
 
-.PHONY: setup run test test-fast conformance bench clean
+.PHONY: setup run lint test test-fast conformance bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -22,7 +22,11 @@ setup: $(STAMP)
 run: setup            ## a gateway on :18000 and a worker on the default model
 	$(PY) -m client.serve
 
-test: setup           ## the full test suite (what CI runs)
+lint: setup           ## ruff (style, bugs) and mypy (types), configured in pyproject.toml
+	$(PY) -m ruff check .
+	$(PY) -m mypy
+
+test: setup lint      ## lint, then the full test suite (what CI runs)
 	$(PY) -m pytest
 
 test-fast: setup      ## every test that starts no process (pytest -m "not e2e")

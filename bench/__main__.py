@@ -12,8 +12,8 @@
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 
 def _serving(args: argparse.Namespace, model: Path) -> None:
@@ -73,7 +73,7 @@ def main() -> None:
     for name in SUITES if args.suite == "all" else [args.suite]:
         runner, default_model = SUITES[name]
         which = args.model or default_model
-        model = {"tiny": build_tiny_model, "default": ensure_default_model, "tiny-vlm": _tiny_vlm}.get(which, lambda: Path(which))()
+        model = {"tiny": build_tiny_model, "default": ensure_default_model, "tiny-vlm": _tiny_vlm}.get(which, lambda w=which: Path(w))()
         print(f"\n=== {name} ===")
         runner(args, Path(model))
 

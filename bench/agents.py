@@ -21,8 +21,9 @@ import statistics
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import httpx
 
@@ -108,7 +109,9 @@ def in_process(model_path: Path, max_tokens: int, rounds: int) -> tuple[float, f
     def speed(prompt: str, constrained: bool) -> float:
         gen = BatchGenerator(model, stop_tokens=[[t] for t in tok.eos_token_ids])
         ids = tok.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True)
-        procs = [[GrammarProcessor(compiler.matcher(grammar, "bench"), compiler.tokenizer("bench"))]] if constrained else None
+        procs: list[list[Any]] | None = (
+            [[GrammarProcessor(compiler.matcher(grammar, "bench"), compiler.tokenizer("bench"))]] if constrained else None
+        )
         gen.insert([ids], max_tokens=[max_tokens], logits_processors=procs)
         n, start, done = 0, 0.0, False
         while not done:

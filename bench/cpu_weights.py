@@ -55,8 +55,7 @@ def measure(model_spec: str | None, weights: str, prompt_tokens: int, new_tokens
     ids = loaded.tokenizer.encode(TEXT * (prompt_tokens // 40 + 2), add_special_tokens=False)[:prompt_tokens]
 
     def run(prompt: list[int], n: int) -> tuple[float, float]:
-        t0 = time.perf_counter()
-        first = None
+        t0 = first = time.perf_counter()
         for i, _ in zip(range(n), generate_step(mx.array(prompt), loaded.model, max_tokens=n)):
             if i == 0:
                 first = time.perf_counter()

@@ -67,7 +67,7 @@ def serve(bind: str, step_rate: float, name: str) -> None:
     poller.register(sock, zmq.POLLIN)
     while True:
         wait_ms = 1000 if not seqs else max(0.0, (next_step - time.perf_counter()) * 1000)
-        if poller.poll(wait_ms):
+        if poller.poll(int(wait_ms)):
             while True:
                 try:
                     client, frame = sock.recv_multipart(zmq.NOBLOCK)

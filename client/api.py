@@ -7,9 +7,10 @@ All transport failures become `GatewayUnreachable` and all HTTP errors become
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any
 
 import httpx
 
@@ -32,7 +33,7 @@ class ConvHeaders:
     request_id: str | None = None
 
     @classmethod
-    def from_headers(cls, headers: httpx.Headers) -> "ConvHeaders":
+    def from_headers(cls, headers: httpx.Headers) -> ConvHeaders:
         return cls(
             conv_id=headers.get("x-conv-id"),
             kv=headers.get("x-conv-kv"),
@@ -78,7 +79,7 @@ class Gateway:
             headers["Authorization"] = f"Bearer {api_key}"
         self._http = httpx.Client(headers=headers, timeout=timeout, transport=transport)
 
-    def __enter__(self) -> "Gateway":
+    def __enter__(self) -> Gateway:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -8,10 +8,9 @@ from __future__ import annotations
 
 import sys
 import time
-from typing import TYPE_CHECKING, List, Optional
+from typing import TYPE_CHECKING, Annotated
 
 import typer
-from typing_extensions import Annotated
 
 from client.config import (
     DEFAULT_BASE_URL,
@@ -42,7 +41,7 @@ BaseUrl = Annotated[
     ),
 ]
 ApiKey = Annotated[
-    Optional[str],
+    str | None,
     typer.Option(
         "--api-key",
         envvar=[ENV_API_KEY, ENV_OPENAI_API_KEY],
@@ -53,12 +52,12 @@ ApiKey = Annotated[
 ]
 
 
-def _fail(message: str, code: int = 1) -> "typer.Exit":
+def _fail(message: str, code: int = 1) -> typer.Exit:
     typer.secho(f"kmlx: error: {message}", err=True, fg=typer.colors.RED)
     return typer.Exit(code)
 
 
-def _gateway(base_url: str, api_key: str | None) -> "Gateway":
+def _gateway(base_url: str, api_key: str | None) -> Gateway:
     from client.api import Gateway
 
     return Gateway(base_url, api_key=api_key)
@@ -67,27 +66,27 @@ def _gateway(base_url: str, api_key: str | None) -> "Gateway":
 @app.command()
 def chat(
     prompt: Annotated[
-        Optional[str],
+        str | None,
         typer.Option("--prompt", "-p", metavar="TEXT", help="Ask once, print only the answer on stdout, exit."),
     ] = None,
     model: Annotated[
-        Optional[str],
+        str | None,
         typer.Option("--model", "-m", envvar=ENV_MODEL, metavar="ID", help="Model id (default: the gateway's first)."),
     ] = None,
     max_tokens: Annotated[
-        Optional[int], typer.Option("--max-tokens", "-n", min=1, metavar="N", help="Longest answer, in tokens.")
+        int | None, typer.Option("--max-tokens", "-n", min=1, metavar="N", help="Longest answer, in tokens.")
     ] = None,
     temperature: Annotated[
-        Optional[float], typer.Option("--temperature", "-t", min=0.0, metavar="T", help="Sampling temperature.")
+        float | None, typer.Option("--temperature", "-t", min=0.0, metavar="T", help="Sampling temperature.")
     ] = None,
-    top_p: Annotated[Optional[float], typer.Option("--top-p", min=0.0, max=1.0, metavar="P", help="Nucleus sampling.")] = None,
-    system: Annotated[Optional[str], typer.Option("--system", "-s", metavar="TEXT", help="System prompt.")] = None,
+    top_p: Annotated[float | None, typer.Option("--top-p", min=0.0, max=1.0, metavar="P", help="Nucleus sampling.")] = None,
+    system: Annotated[str | None, typer.Option("--system", "-s", metavar="TEXT", help="System prompt.")] = None,
     image: Annotated[
-        Optional[List[str]],
+        list[str] | None,
         typer.Option("--image", "-i", metavar="PATH", help="Attach an image file or URL to the one-shot prompt (repeatable)."),
     ] = None,
     option: Annotated[
-        Optional[List[str]],
+        list[str] | None,
         typer.Option(
             "--option",
             "-o",
@@ -103,7 +102,7 @@ def chat(
         ),
     ] = False,
     conversation_id: Annotated[
-        Optional[str],
+        str | None,
         typer.Option("--conversation-id", "-c", metavar="ID", help="Conversation id for the server's KV cache (default: new)."),
     ] = None,
     hide_reasoning: Annotated[
@@ -186,7 +185,7 @@ def chat(
     raise typer.Exit(code)
 
 
-def _resolve_model(gw: "Gateway", settings: "ChatSettings", *, check: bool) -> None:
+def _resolve_model(gw: Gateway, settings: ChatSettings, *, check: bool) -> None:
     """Default to the gateway's first model. With `check` (the REPL), ask even
     when a model was given: 'gateway not running' or 'no such model' is
     better said before anyone types a question."""

@@ -52,7 +52,7 @@ class ApiError(ClientError):
         return f"Gateway error [{label}]: {self.message}{param}"
 
     @classmethod
-    def from_payload(cls, status: int | None, payload: Any, fallback: str = "") -> "ApiError":
+    def from_payload(cls, status: int | None, payload: Any, fallback: str = "") -> ApiError:
         """Build from an OpenAI-shaped body ``{"error": {...}}``; tolerate other
         shapes (FastAPI's ``{"detail": ...}``, plain text) so nothing is lost."""
         if isinstance(payload, dict):

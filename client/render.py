@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 
+from rich.color import ColorSystem
 from rich.console import Console
 from rich.markdown import Markdown
 from rich.style import Style
@@ -77,7 +78,9 @@ class TerminalRenderer:
             return
         self._written.append(text)
         self._tail = (self._tail + text)[-2:]
-        out = self._dim.render(text, color_system=self.console.color_system) if dim else text
+        # Dim carries no colour, so any colour system renders it alike; None (not a terminal) means plain.
+        color_system = None if self.console.color_system is None else ColorSystem.STANDARD
+        out = self._dim.render(text, color_system=color_system) if dim else text
         self.console.file.write(out)
         self.console.file.flush()
 

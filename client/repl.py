@@ -10,7 +10,6 @@ Ctrl-D. Input history persists across sessions.
 from __future__ import annotations
 
 import asyncio
-
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -148,7 +147,7 @@ class Repl:
             pass
         return 0
 
-    def _loop(self, session: "PromptSession[object]") -> None:
+    def _loop(self, session: PromptSession[object]) -> None:
         armed = False  # a Ctrl-C just happened; one more at the prompt quits
         default = ""
         while True:

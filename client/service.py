@@ -15,7 +15,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -31,31 +31,31 @@ DEFAULT_WORKER_PORT = 5555
 BOOTSTRAP_RETRIES = 5  # bootout of a draining job can lag; bootstrap then fails briefly
 
 # ----------------------------------------------------------------------------- options
-PlatformOpt = Annotated[Optional[str], typer.Option(
+PlatformOpt = Annotated[str | None, typer.Option(
     "--platform", help="launchd or systemd (default: launchd on macOS, systemd elsewhere).")]
 SystemOpt = Annotated[bool, typer.Option(
     "--system", help="System daemons (/Library/LaunchDaemons, /etc/systemd/system; needs root) "
     "instead of per-user services.")]
 DryRunOpt = Annotated[bool, typer.Option("--dry-run", help="Print what would be written and run; change nothing.")]
-ModelOpt = Annotated[Optional[list[str]], typer.Option(
+ModelOpt = Annotated[list[str] | None, typer.Option(
     "--model", "-m", help="Model for a worker (HF repo, local dir or GGUF). Repeat for several workers.")]
-NameOpt = Annotated[Optional[list[str]], typer.Option(
+NameOpt = Annotated[list[str] | None, typer.Option(
     "--name", help="Worker name, one per --model in the same order (default: 'default' for one worker).")]
-WorkerPortOpt = Annotated[Optional[list[int]], typer.Option(
+WorkerPortOpt = Annotated[list[int] | None, typer.Option(
     "--worker-port", help=f"Worker ZMQ port, one per --model (default: {DEFAULT_WORKER_PORT}, "
     f"{DEFAULT_WORKER_PORT + 1}, ...).")]
 GatewayPortOpt = Annotated[int, typer.Option("--gateway-port", help="Gateway HTTP port.")]
 HostOpt = Annotated[str, typer.Option("--host", help="Gateway listen address.")]
 NoGatewayOpt = Annotated[bool, typer.Option("--no-gateway", help="Workers only (the gateway runs elsewhere).")]
-LogDirOpt = Annotated[Optional[str], typer.Option(
+LogDirOpt = Annotated[str | None, typer.Option(
     "--log-dir", help="Log directory (default: ~/Library/Logs/kmlx on macOS; the journal on Linux).")]
-WorkdirOpt = Annotated[Optional[str], typer.Option("--workdir", help="Working directory (default: home).")]
-BinDirOpt = Annotated[Optional[str], typer.Option(
+WorkdirOpt = Annotated[str | None, typer.Option("--workdir", help="Working directory (default: home).")]
+BinDirOpt = Annotated[str | None, typer.Option(
     "--bin-dir", help="Directory holding kmlx-worker/kmlx-gateway (default: this Python's venv, then PATH).")]
-EnvOpt = Annotated[Optional[list[str]], typer.Option("--env", help="KEY=VALUE for every service. Repeatable.")]
-CacheDirOpt = Annotated[Optional[str], typer.Option("--cache-dir", help="KMLX_CACHE_DIR for workers.")]
+EnvOpt = Annotated[list[str] | None, typer.Option("--env", help="KEY=VALUE for every service. Repeatable.")]
+CacheDirOpt = Annotated[str | None, typer.Option("--cache-dir", help="KMLX_CACHE_DIR for workers.")]
 DrainOpt = Annotated[int, typer.Option("--drain-timeout", help="Seconds streams may finish after SIGTERM.")]
-UserOpt = Annotated[Optional[str], typer.Option(
+UserOpt = Annotated[str | None, typer.Option(
     "--user", help="Account a --system service runs as (default: $SUDO_USER).")]
 
 
@@ -64,7 +64,7 @@ def _fail(msg: str) -> "typer.Exit":
     return typer.Exit(code=2)
 
 
-def _platform(value: Optional[str]) -> sr.Platform:
+def _platform(value: str | None) -> sr.Platform:
     if value is None:
         return "launchd" if sys.platform == "darwin" else "systemd"
     if value not in ("launchd", "systemd"):
@@ -75,7 +75,7 @@ def _platform(value: Optional[str]) -> sr.Platform:
 # ----------------------------------------------------------------------------- lookups
 
 
-def find_executable(name: str, bin_dir: Optional[str]) -> str:
+def find_executable(name: str, bin_dir: str | None) -> str:
     """Absolute path of a kmlx console script: --bin-dir, else this venv, else PATH."""
     if bin_dir:
         return str(Path(bin_dir).expanduser().absolute() / name)
@@ -92,7 +92,7 @@ def find_executable(name: str, bin_dir: Optional[str]) -> str:
     return str(here)
 
 
-def _service_user(system: bool, user: Optional[str]) -> Optional[str]:
+def _service_user(system: bool, user: str | None) -> str | None:
     if not system:
         return None
     who = user or os.environ.get("SUDO_USER") or getpass.getuser()
@@ -102,7 +102,7 @@ def _service_user(system: bool, user: Optional[str]) -> Optional[str]:
     return who
 
 
-def _home_of(user: Optional[str]) -> str:
+def _home_of(user: str | None) -> str:
     if user is None:
         return str(Path.home())
     try:
@@ -117,7 +117,7 @@ def _model_arg(model: str) -> str:
     return str(p.absolute()) if p.exists() else model
 
 
-def _parse_env(items: Optional[list[str]]) -> tuple[tuple[str, str], ...]:
+def _parse_env(items: list[str] | None) -> tuple[tuple[str, str], ...]:
     env: dict[str, str] = {}
     for item in items or []:
         key, sep, value = item.partition("=")
@@ -127,11 +127,11 @@ def _parse_env(items: Optional[list[str]]) -> tuple[tuple[str, str], ...]:
     return tuple(env.items())
 
 
-def build_config(platform: sr.Platform, models: Optional[list[str]], names: Optional[list[str]],
-                 ports: Optional[list[int]], gateway_port: int, host: str, no_gateway: bool,
-                 log_dir: Optional[str], workdir: Optional[str], bin_dir: Optional[str],
-                 env: Optional[list[str]], cache_dir: Optional[str], drain_timeout: int,
-                 system: bool, user: Optional[str]) -> sr.ServiceConfig:
+def build_config(platform: sr.Platform, models: list[str] | None, names: list[str] | None,
+                 ports: list[int] | None, gateway_port: int, host: str, no_gateway: bool,
+                 log_dir: str | None, workdir: str | None, bin_dir: str | None,
+                 env: list[str] | None, cache_dir: str | None, drain_timeout: int,
+                 system: bool, user: str | None) -> sr.ServiceConfig:
     models = models or []
     if not models and not no_gateway:
         raise _fail("give at least one --model")
@@ -208,7 +208,7 @@ class Actions:
             raise _fail(f"`{' '.join(cmd)}` exited with {res.returncode}")
         return res
 
-    def mkdir(self, path: Path, owner: Optional[str] = None) -> None:
+    def mkdir(self, path: Path, owner: str | None = None) -> None:
         typer.echo(f"+ mkdir -p {path}" + (f" (owner {owner})" if owner else ""))
         if not self.dry_run:
             path.mkdir(parents=True, exist_ok=True)
@@ -262,7 +262,7 @@ def render(
     log_dir: LogDirOpt = None, workdir: WorkdirOpt = None, bin_dir: BinDirOpt = None, env: EnvOpt = None,
     cache_dir: CacheDirOpt = None, drain_timeout: DrainOpt = 30, system: SystemOpt = False,
     user: UserOpt = None, platform: PlatformOpt = None,
-    out: Annotated[Optional[Path], typer.Option("--out", help="Write the files into this directory.")] = None,
+    out: Annotated[Path | None, typer.Option("--out", help="Write the files into this directory.")] = None,
 ) -> None:
     """Print (or write with --out) the service files for these options."""
     plat = _platform(platform)

@@ -8,8 +8,9 @@ parsing is unit-tested without a server.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from typing import Any, Iterable, Iterator
+from typing import Any
 
 DONE = "[DONE]"
 

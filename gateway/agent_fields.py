@@ -8,7 +8,7 @@ refused: nothing is accepted and then ignored.
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -72,7 +72,7 @@ class NamedToolChoice(_Strict):
     function: _NamedFunction
 
 
-ToolChoiceField = Union[Literal["none", "auto", "required"], NamedToolChoice]
+ToolChoiceField = Literal["none", "auto", "required"] | NamedToolChoice
 
 
 class JSONSchemaSpec(_Strict):
@@ -95,7 +95,7 @@ class JSONSchemaFormat(_Strict):
     json_schema: JSONSchemaSpec
 
 
-ResponseFormatField = Annotated[Union[TextFormat, JSONObjectFormat, JSONSchemaFormat], Field(discriminator="type")]
+ResponseFormatField = Annotated[TextFormat | JSONObjectFormat | JSONSchemaFormat, Field(discriminator="type")]
 
 
 def wire_response_format(fmt: TextFormat | JSONObjectFormat | JSONSchemaFormat | None) -> ResponseFormat:

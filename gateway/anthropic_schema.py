@@ -11,7 +11,7 @@ for chat.
 from __future__ import annotations
 
 import json
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -49,7 +49,7 @@ class URLSource(_Strict):
 
 class ImageBlock(_Strict):
     type: Literal["image"]
-    source: Annotated[Union[Base64Source, URLSource], Field(discriminator="type")]
+    source: Annotated[Base64Source | URLSource, Field(discriminator="type")]
     cache_control: CacheControl | None = None
 
     def url(self) -> str:
@@ -68,7 +68,7 @@ class ToolUseBlock(_Strict):
 class ToolResultBlock(_Strict):
     type: Literal["tool_result"]
     tool_use_id: str
-    content: Union[str, list[Annotated[Union[TextBlock, ImageBlock], Field(discriminator="type")]], None] = None
+    content: str | list[Annotated[TextBlock | ImageBlock, Field(discriminator="type")]] | None = None
     is_error: bool | None = None
     cache_control: CacheControl | None = None
 
@@ -85,17 +85,17 @@ class RedactedThinkingBlock(_Strict):
 
 
 Block = Annotated[
-    Union[TextBlock, ImageBlock, ToolUseBlock, ToolResultBlock, ThinkingBlock, RedactedThinkingBlock],
+    TextBlock | ImageBlock | ToolUseBlock | ToolResultBlock | ThinkingBlock | RedactedThinkingBlock,
     Field(discriminator="type"),
 ]
 
 
 class Message(_Strict):
     role: Literal["user", "assistant"]
-    content: Union[str, list[Block]]
+    content: str | list[Block]
 
     @model_validator(mode="after")
-    def _blocks_fit_the_role(self) -> "Message":
+    def _blocks_fit_the_role(self) -> Message:
         if isinstance(self.content, list):
             for block in self.content:
                 if self.role == "user" and isinstance(block, (ToolUseBlock, ThinkingBlock, RedactedThinkingBlock)):
@@ -149,7 +149,7 @@ class ToolChoiceNone(_Strict):
     type: Literal["none"]
 
 
-ToolChoice = Annotated[Union[ToolChoiceAuto, ToolChoiceAny, ToolChoiceTool, ToolChoiceNone], Field(discriminator="type")]
+ToolChoice = Annotated[ToolChoiceAuto | ToolChoiceAny | ToolChoiceTool | ToolChoiceNone, Field(discriminator="type")]
 
 
 class JSONOutputFormat(_Strict):
@@ -167,7 +167,7 @@ class CountTokensRequest(_Strict):
 
     model: str
     messages: list[Message] = Field(min_length=1)
-    system: Union[str, list[TextBlock], None] = None
+    system: str | list[TextBlock] | None = None
     thinking: ThinkingConfig | None = None
     cache_control: CacheControl | None = None
     tools: list[Tool] | None = Field(default=None, max_length=128)
@@ -190,7 +190,7 @@ class MessagesRequest(CountTokensRequest):
     reset_conversation: bool | None = None
 
     @model_validator(mode="after")
-    def _thinking_budget(self) -> "MessagesRequest":
+    def _thinking_budget(self) -> MessagesRequest:
         t = self.thinking
         if t is not None and t.type == "enabled" and t.budget_tokens is None:
             raise ValueError("thinking.budget_tokens is required when thinking is enabled")
@@ -221,7 +221,7 @@ def parse_count_tokens_request(raw: bytes) -> CountTokensRequest:
     return parse_model(CountTokensRequest, raw, refused=REFUSED, tags=_TAGS)
 
 
-def _system_text(system: Union[str, list[TextBlock], None]) -> str | None:
+def _system_text(system: str | list[TextBlock] | None) -> str | None:
     if system is None or isinstance(system, str):
         return system or None
     return "\n\n".join(b.text for b in system) or None

@@ -7,7 +7,8 @@ per-token path, so it stays allocation-light and free of model classes.
 
 from __future__ import annotations
 
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 import msgspec
 

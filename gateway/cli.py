@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from .config import GatewayConfig, WorkerSpec, WorkersFileError, load_workers_file
+from .config import GatewayConfig, WorkersFileError, WorkerSpec, load_workers_file
 from .logging_setup import configure_logging
 from .media import add_media_arguments, media_config_from_args
 from .ops_config import add_ops_arguments, ops_config_from_args

@@ -7,8 +7,6 @@ middle, on models with FIM tokens), ``echo`` and the legacy ``logprobs``.
 
 from __future__ import annotations
 
-from typing import Union
-
 from pydantic import Field, field_validator
 
 from protocol.messages import SamplingParams
@@ -23,7 +21,7 @@ MAX_PROMPT_IDS = 1 << 20
 
 class CompletionRequest(SamplingFields):
     model: str | None = None
-    prompt: Union[str, list[str], list[int], list[list[int]]]
+    prompt: str | list[str] | list[int] | list[list[int]]
     suffix: str | None = None
     max_tokens: int | None = Field(default=None, ge=0)  # 0: nothing generated (with echo: the prompt back)
     stream: bool | None = False
@@ -40,7 +38,7 @@ class CompletionRequest(SamplingFields):
 
     @field_validator("prompt")
     @classmethod
-    def _one_prompt(cls, p: Union[str, list[str], list[int], list[list[int]]]) -> Union[str, list[str], list[int], list[list[int]]]:
+    def _one_prompt(cls, p: str | list[str] | list[int] | list[list[int]]) -> str | list[str] | list[int] | list[list[int]]:
         if isinstance(p, str):
             return p
         if p and isinstance(p[0], (str, list)) and len(p) != 1:
@@ -57,7 +55,7 @@ class CompletionRequest(SamplingFields):
         p = self.prompt
         if isinstance(p, str):
             return p
-        return p[0] if p and isinstance(p[0], str) else None  # type: ignore[return-value]
+        return p[0] if p and isinstance(p[0], str) else None
 
     @property
     def token_prompt(self) -> list[int] | None:

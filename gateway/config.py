@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -66,14 +67,14 @@ def load_workers_file(path: str | Path) -> list[WorkerSpec]:
     except OSError as exc:
         raise WorkersFileError(f"cannot read workers file {p}: {exc}") from None
     try:
-        if p.suffix == ".toml":
-            import tomllib  # Python 3.11+; JSON works everywhere
+        if p.suffix != ".toml":
+            data: Any = json.loads(text)
+        elif sys.version_info >= (3, 11):
+            import tomllib
 
-            data: Any = tomllib.loads(text)
+            data = tomllib.loads(text)
         else:
-            data = json.loads(text)
-    except ImportError:
-        raise WorkersFileError("TOML workers files need Python 3.11+; use JSON") from None
+            raise WorkersFileError("TOML workers files need Python 3.11+; use JSON")
     except ValueError as exc:  # tomllib.TOMLDecodeError and JSONDecodeError are ValueErrors
         raise WorkersFileError(f"{p}: {exc}") from None
     entries = data.get("workers") if isinstance(data, dict) else None

@@ -10,7 +10,8 @@ Remote images have no size here; whoever fetches them must cap the download.
 
 from __future__ import annotations
 
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 from .errors import APIError
 from .ops_config import OpsConfig

@@ -18,11 +18,19 @@ global one, so nothing happens at import time and two apps never clash.
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING, Any, Iterator
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, disable_created_metrics, generate_latest
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    disable_created_metrics,
+    generate_latest,
+)
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
@@ -44,7 +52,7 @@ _SUCCESS_REASONS = ("stop", "length", "tool_calls")
 
 
 class Metrics:
-    def __init__(self, pool: "WorkerPool | None" = None):
+    def __init__(self, pool: WorkerPool | None = None):
         disable_created_metrics()  # no *_created series (process-wide switch; as vLLM does)
         self.registry = CollectorRegistry(auto_describe=True)
         r, m = self.registry, ["model_name"]
@@ -110,7 +118,7 @@ class Metrics:
 class _PoolCollector(Collector):
     """Per-worker gauges, read from the pool when Prometheus scrapes."""
 
-    def __init__(self, pool: "WorkerPool"):
+    def __init__(self, pool: WorkerPool):
         self.pool = pool
         self.stats: dict[str, dict[str, Any]] = {}  # worker id -> last ``stats`` reply
 
@@ -128,7 +136,7 @@ class _PoolCollector(Collector):
     def describe(self) -> list:
         return []  # dynamic: don't call collect() at registration time
 
-    def collect(self) -> Iterator[GaugeMetricFamily]:
+    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
         labels = ["worker", "model_name"]
         up = GaugeMetricFamily("kmlx:worker_up", "1 if the gateway has a live, handshaken link to the worker.", labels=labels + ["address"])
         running = GaugeMetricFamily("kmlx:num_requests_running", "Requests decoding on the worker.", labels=labels)

@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     from .pool import WorkerPool
 
 
-def install_operations(app: FastAPI, ops: OpsConfig, pool: "WorkerPool") -> None:
+def install_operations(app: FastAPI, ops: OpsConfig, pool: WorkerPool) -> None:
     trace = TraceWriter(ops.trace_requests_path) if ops.trace_requests_path else None
     app.state.metrics = Metrics(pool)
     app.state.request_log = RequestLog(app.state.metrics, trace)

@@ -14,7 +14,7 @@ from collections import deque
 from protocol.messages import RequestOutput
 
 
-def _wake(waiter: "asyncio.Future[None]") -> None:
+def _wake(waiter: asyncio.Future[None]) -> None:
     if not waiter.done():
         waiter.set_result(None)
 

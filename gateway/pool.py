@@ -52,7 +52,7 @@ class WorkerPool:
         self._rotate = itertools.count()
 
     @classmethod
-    def from_config(cls, config: GatewayConfig) -> "WorkerPool":
+    def from_config(cls, config: GatewayConfig) -> WorkerPool:
         return cls(
             config.worker_specs or config.workers,
             default_limits=QueueLimits(config.max_queued_requests, config.max_queued_tokens),
@@ -91,7 +91,7 @@ class WorkerPool:
         """
         known = {w.state.info.model_id for w in self.workers if w.state.info is not None}
         if model in known:
-            return model  # type: ignore[return-value]
+            return model
         ready = self.ready
         if not ready:
             raise NoWorkerAvailable(self._why_none())

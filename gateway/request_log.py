@@ -36,7 +36,7 @@ class RequestLog:
         self.metrics = metrics
         self.trace = trace
 
-    def record(self, request: Request) -> "RequestRecord":
+    def record(self, request: Request) -> RequestRecord:
         return RequestRecord(self, request)
 
     @property

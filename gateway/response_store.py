@@ -17,8 +17,9 @@ import argparse
 import json
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 MIB = 1024 * 1024
 

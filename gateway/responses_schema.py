@@ -10,7 +10,7 @@ naming it (docs/apis.md); unknown fields are ignored, as for chat.
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag
 
@@ -45,13 +45,13 @@ class Refusal(_Strict):
     refusal: str
 
 
-Part = Annotated[Union[InputText, InputImage, OutputText, Refusal], Field(discriminator="type")]
+Part = Annotated[InputText | InputImage | OutputText | Refusal, Field(discriminator="type")]
 
 
 class MessageItem(_Strict):
     type: Literal["message"] = "message"
     role: Literal["user", "assistant", "system", "developer"]
-    content: Union[str, list[Part]]
+    content: str | list[Part]
     id: str | None = None
     status: str | None = None
 
@@ -68,7 +68,7 @@ class FunctionCallItem(_Strict):
 class FunctionCallOutputItem(_Strict):
     type: Literal["function_call_output"]
     call_id: str
-    output: Union[str, list[Union[InputText, OutputText]]]
+    output: str | list[InputText | OutputText]
     id: str | None = None
     status: str | None = None
 
@@ -94,12 +94,7 @@ def _item_kind(value: Any) -> str:
 
 
 Item = Annotated[
-    Union[
-        Annotated[MessageItem, Tag("message")],
-        Annotated[FunctionCallItem, Tag("function_call")],
-        Annotated[FunctionCallOutputItem, Tag("function_call_output")],
-        Annotated[ReasoningItem, Tag("reasoning")],
-    ],
+    Annotated[MessageItem, Tag("message")] | Annotated[FunctionCallItem, Tag("function_call")] | Annotated[FunctionCallOutputItem, Tag("function_call_output")] | Annotated[ReasoningItem, Tag("reasoning")],
     Discriminator(_item_kind),
 ]
 
@@ -121,7 +116,7 @@ class TextFormatJSONSchema(_Strict):
 
 
 class TextConfig(_Strict):
-    format: Annotated[Union[TextFormatText, TextFormatJSONObject, TextFormatJSONSchema], Field(discriminator="type")] | None = None
+    format: Annotated[TextFormatText | TextFormatJSONObject | TextFormatJSONSchema, Field(discriminator="type")] | None = None
     verbosity: None = None  # a 400 when set: local models have no verbosity control
 
 
@@ -150,7 +145,7 @@ class NamedFunction(_Strict):
 
 class ResponseRequest(_Strict):
     model: str | None = None
-    input: Union[str, list[Item]]
+    input: str | list[Item]
     instructions: str | None = None
     max_output_tokens: int | None = Field(default=None, ge=1)
     temperature: float | None = Field(default=None, ge=0.0, le=2.0)
@@ -166,7 +161,7 @@ class ResponseRequest(_Strict):
     include: list[Literal["reasoning.encrypted_content", "message.output_text.logprobs"]] | None = None
     top_logprobs: int | None = Field(default=None, ge=0, le=20)
     tools: list[FunctionTool] | None = Field(default=None, max_length=128)
-    tool_choice: Union[Literal["none", "auto", "required"], NamedFunction, None] = None
+    tool_choice: Literal["none", "auto", "required"] | NamedFunction | None = None
     parallel_tool_calls: bool | None = None
     user: str | None = None
     safety_identifier: str | None = None

@@ -7,7 +7,7 @@ send many we don't use.
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -56,12 +56,12 @@ class VideoPart(_Strict):
     video_url: ImageURL
 
 
-ContentPart = Annotated[Union[TextPart, ImagePart, VideoPart], Field(discriminator="type")]
+ContentPart = Annotated[TextPart | ImagePart | VideoPart, Field(discriminator="type")]
 
 
 class FunctionCall(_Strict):
     name: str
-    arguments: Union[str, dict[str, Any]]  # OpenAI sends a JSON string; some clients an object
+    arguments: str | dict[str, Any]  # OpenAI sends a JSON string; some clients an object
 
 
 class ToolCallItem(_Strict):
@@ -72,13 +72,13 @@ class ToolCallItem(_Strict):
 
 class Message(_Strict):
     role: Literal["system", "developer", "user", "assistant", "tool"]
-    content: Union[str, list[ContentPart], None] = None
+    content: str | list[ContentPart] | None = None
     name: str | None = None
     tool_calls: list[ToolCallItem] | None = None
     tool_call_id: str | None = None
 
     @model_validator(mode="after")
-    def _needs_content(self) -> "Message":
+    def _needs_content(self) -> Message:
         if self.content is None and not (self.role == "assistant" and self.tool_calls):
             raise ValueError(f"a {self.role} message needs content")
         return self
@@ -97,7 +97,7 @@ class SamplingFields(_Strict):
     min_p: float | None = Field(default=None, ge=0.0, le=1.0)
     repetition_penalty: float | None = Field(default=None, gt=0.0, le=10.0)
     seed: int | None = Field(default=None, ge=-(2**63), le=2**64 - 1)
-    stop: Union[str, list[str], None] = None
+    stop: str | list[str] | None = None
     presence_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
     frequency_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
     logit_bias: dict[str, float] | None = None
@@ -105,7 +105,7 @@ class SamplingFields(_Strict):
 
     @field_validator("stop")
     @classmethod
-    def _stops(cls, v: Union[str, list[str], None]) -> list[str] | None:
+    def _stops(cls, v: str | list[str] | None) -> list[str] | None:
         if v is None:
             return None
         stops = [v] if isinstance(v, str) else v
@@ -135,7 +135,7 @@ class SamplingFields(_Strict):
             frequency_penalty=self.frequency_penalty,
             logit_bias=check_logit_bias(self.logit_bias),
             seed=self.seed,
-            stop=list(self.stop or []),  # type: ignore[arg-type]
+            stop=list(self.stop or []),
             ignore_eos=bool(self.ignore_eos),
             logprobs=logprobs,
             top_logprobs=top_logprobs,

@@ -86,11 +86,11 @@ class BodySizeLimitMiddleware:
 
         await self.app(scope, counted, send)
 
-    def _too_large(self) -> "BodyTooLarge":
+    def _too_large(self) -> BodyTooLarge:
         return BodyTooLarge(self.max_bytes)
 
 
-class BodyTooLarge(APIError, StarletteHTTPException):
+class BodyTooLarge(APIError, StarletteHTTPException):  # type: ignore[misc]  # both declare headers; ours wins
     """An APIError that is also an HTTPException: FastAPI re-raises those
     from its own body parsing (other errors there become a 400), and our
     APIError handler, first in the MRO, renders it."""

@@ -28,6 +28,6 @@ async def ensure_public(url: str) -> None:
     except OSError as exc:
         raise BlockedURL(f"cannot resolve {parts.hostname}: {exc.strerror or exc}") from None
     for info in infos:
-        ip = ipaddress.ip_address(info[4][0].split("%", 1)[0])
+        ip = ipaddress.ip_address(str(info[4][0]).split("%", 1)[0])
         if not ip.is_global or ip.is_multicast:
             raise BlockedURL(f"{parts.hostname} resolves to a non-public address ({ip}); the server does not fetch those")

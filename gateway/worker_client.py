@@ -199,7 +199,7 @@ class WorkerClient:
         if self._sock is None or not self.state.ready:
             return
         # Sent without waiting; if the link is gone the worker aborts orphans itself.
-        fut = self._sock.send(codec.encode(Abort(request_ids=[request_id])), zmq.NOBLOCK)
+        fut = asyncio.ensure_future(self._sock.send(codec.encode(Abort(request_ids=[request_id])), zmq.NOBLOCK))
         fut.add_done_callback(lambda f: f.cancelled() or f.exception())
 
     async def call(self, method: str, args: dict[str, Any] | None = None, *, timeout: float = 10.0) -> ControlReply:

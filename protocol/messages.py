@@ -11,7 +11,7 @@ Worker  -> gateway: WorkerInfo, StepOutputs, ControlReply, GoingAway
 
 from __future__ import annotations
 
-from typing import Any, Literal, Union
+from typing import Any, Literal
 
 import msgspec
 
@@ -207,8 +207,8 @@ class RequestOutput(msgspec.Struct, omit_defaults=True):
     started: CacheInfo | None = None
     prompt_tokens: int = 0
     finish_reason: FinishReason | None = None
-    usage: "Usage | None" = None
-    error: "ErrorInfo | None" = None
+    usage: Usage | None = None
+    error: ErrorInfo | None = None
     stop_sequence: str | None = None  # the stop string that ended the request (final output)
     tool_calls: list[ToolCallDelta] | None = None
     logprobs: list[TokenLogprob] | None = None  # one per token of this output, when asked for
@@ -257,5 +257,5 @@ class GoingAway(_Msg, tag="going_away"):
     reason: str
 
 
-ToWorker = Union[Hello, ChatRequest, Abort, ControlCall]
-FromWorker = Union[WorkerInfo, StepOutputs, ControlReply, GoingAway]
+ToWorker = Hello | ChatRequest | Abort | ControlCall
+FromWorker = WorkerInfo | StepOutputs | ControlReply | GoingAway

@@ -7,8 +7,8 @@ collection; `make test-fast` runs the rest (``-m "not e2e"``).
 
 from __future__ import annotations
 
+from collections.abc import Callable, Generator, Iterator
 from pathlib import Path
-from typing import Callable, Generator, Iterator
 
 import pytest
 

@@ -27,15 +27,15 @@ if TYPE_CHECKING:
 @dataclass
 class Choices:
     n: int
-    members: list["Sequence"] = field(default_factory=list)
+    members: list[Sequence] = field(default_factory=list)
     finished: int = 0
     forked: bool = False
 
     @property
-    def leader(self) -> "Sequence":
+    def leader(self) -> Sequence:
         return self.members[0]
 
-    def live(self) -> list["Sequence"]:
+    def live(self) -> list[Sequence]:
         return [s for s in self.members if not s.finished]
 
     def usage(self) -> Usage:

@@ -10,11 +10,17 @@ import queue
 import socket
 import sys
 import time
+from typing import TYPE_CHECKING, Any
 
 from protocol.messages import PROTOCOL_VERSION, Abort, GoingAway, WorkerInfo
 
 from .log_format import LOG_FORMATS, adopt_library_loggers, configure_logging
 from .vision.options import add_vision_arguments, vision_scheduler
+
+if TYPE_CHECKING:  # loading MLX is the worker's first real work, not an import side effect
+    from .generation_config import SamplingDefaults
+    from .kv.manager import PromptCacheManager
+    from .models.loaded import LoadedModel
 
 DEFAULT_BIND = "tcp://127.0.0.1:5555"
 log = logging.getLogger("kmlx.worker")
@@ -99,7 +105,7 @@ def _json_object(text: str) -> dict:
     return value
 
 
-def _tokenizer_hash(tokenizer) -> str:
+def _tokenizer_hash(tokenizer: Any) -> str:
     h = hashlib.sha256()
     h.update(str(len(tokenizer.get_vocab())).encode())
     h.update((getattr(tokenizer, "chat_template", None) or "").encode())
@@ -121,7 +127,7 @@ def main(argv: list[str] | None = None) -> None:
         loaded = load_model(args.model, vision=args.vision, weights=args.weights)
     except ModelLoadError as exc:
         print(f"kmlx-worker: {exc}", file=sys.stderr)
-        raise SystemExit(2)
+        raise SystemExit(2) from None
     adopt_library_loggers()
     log.info(
         "loaded %s (%s weights, context %d) from %s in %.2fs",
@@ -136,7 +142,7 @@ def _default_prefill_chunk() -> int:
     return 512 if mx.default_device() == mx.gpu else 128
 
 
-def _kv_manager(args: argparse.Namespace, loaded, tokenizer_hash: str):
+def _kv_manager(args: argparse.Namespace, loaded: LoadedModel, tokenizer_hash: str) -> PromptCacheManager | None:
     from pathlib import Path
 
     from .kv.conversations import ConversationLimits
@@ -165,7 +171,7 @@ def _kv_manager(args: argparse.Namespace, loaded, tokenizer_hash: str):
     return PromptCacheManager(config, model_id=loaded.model_id, tokenizer_hash=tokenizer_hash)
 
 
-def _sampling_defaults(args: argparse.Namespace, loaded):
+def _sampling_defaults(args: argparse.Namespace, loaded: LoadedModel) -> SamplingDefaults:
     from .generation_config import build_defaults, flag_names
     from .models.default import published_sampling
 
@@ -179,7 +185,7 @@ def _sampling_defaults(args: argparse.Namespace, loaded):
     return defaults
 
 
-def serve(args: argparse.Namespace, loaded) -> None:
+def serve(args: argparse.Namespace, loaded: LoadedModel) -> None:
     # The IO thread must get the GIL quickly when a step's outputs are ready;
     # Python's default 5 ms switch interval would delay every token's send.
     sys.setswitchinterval(0.0005)

@@ -11,7 +11,8 @@ import logging
 import queue
 import time
 from collections import defaultdict
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import msgspec
 
@@ -29,11 +30,10 @@ from protocol.messages import (
 from . import failpoints
 from .kv.manager import ControlError
 from .scheduler import Scheduler
-from .tokenize_calls import detokenize, tokenize
 from .sequence import rejection
+from .tokenize_calls import detokenize, tokenize
 from .transport import GatewayGone, Incoming, Transport
 from .watchdog import LoopStalled, Progress
-
 
 log = logging.getLogger("kmlx.worker.engine")
 
@@ -41,7 +41,7 @@ ControlHandler = Callable[[dict[str, Any]], dict[str, Any]]
 
 
 class Engine:
-    def __init__(self, scheduler: Scheduler, transport: Transport, inbox: "queue.Queue[Incoming | GatewayGone | LoopStalled]"):
+    def __init__(self, scheduler: Scheduler, transport: Transport, inbox: queue.Queue[Incoming | GatewayGone | LoopStalled]):
         self.scheduler = scheduler
         self.transport = transport
         self.inbox = inbox
@@ -142,13 +142,13 @@ class Engine:
             except queue.Empty:
                 return
 
-    def _handle(self, item: "Incoming | GatewayGone | LoopStalled") -> None:
+    def _handle(self, item: Incoming | GatewayGone | LoopStalled) -> None:
         if isinstance(item, LoopStalled):
             # The watchdog told the gateways, which failed these requests
             # already; finish them here too (their outputs are ignored).
             outs = self._fail_all(f"the worker's compute loop was stuck for {item.seconds:.0f} s", code="worker_stalled", status=503)
-            for out in outs:
-                self._queue(out)
+            for failed in outs:
+                self._queue(failed)
             return
         if isinstance(item, GatewayGone):
             orphans = self.scheduler.sequences_of(item.client)
@@ -182,9 +182,9 @@ class Engine:
             self._queue(out)
         elif isinstance(msg, Abort):
             for rid in msg.request_ids:
-                out = self.scheduler.abort(rid)
-                if out is not None:
-                    self._queue(out)
+                aborted = self.scheduler.abort(rid)
+                if aborted is not None:
+                    self._queue(aborted)
         elif isinstance(msg, ControlCall):
             self.progress.mark(f"control call {msg.method}")
             self._send_now(client, self._control(msg))

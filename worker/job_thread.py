@@ -16,8 +16,9 @@ import logging
 import queue
 import threading
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 log = logging.getLogger("kmlx.worker.jobs")
 
@@ -33,7 +34,7 @@ class JobThread:
     def __init__(self, name: str, wake: Callable[[], None] | None = None):
         self.name = name
         self.wake: Callable[[], None] = wake or (lambda: None)
-        self._jobs: "queue.Queue[tuple[str, Callable[[], Any]] | None]" = queue.Queue()
+        self._jobs: queue.Queue[tuple[str, Callable[[], Any]] | None] = queue.Queue()
         self._done: deque[Done] = deque()
         self._cancelled: set[str] = set()
         self._lock = threading.Lock()

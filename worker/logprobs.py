@@ -9,7 +9,8 @@ one device sync.
 
 from __future__ import annotations
 
-from typing import Any, Callable, cast
+from collections.abc import Callable
+from typing import Any, cast
 
 import mlx.core as mx
 

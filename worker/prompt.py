@@ -110,7 +110,7 @@ def template_variables(
 def render_chat_text(
     tokenizer: Any,
     chat: list[dict[str, Any]],
-    tools: "ToolPlan | None" = None,
+    tools: ToolPlan | None = None,
     variables: dict[str, Any] | None = None,
 ) -> str:
     """The model's chat template over ``chat``: a generation prompt after a
@@ -142,7 +142,7 @@ def render_prompt(
     messages: list[dict[str, Any]],
     *,
     model_id: str,
-    tools: "ToolPlan | None" = None,
+    tools: ToolPlan | None = None,
     variables: dict[str, Any] | None = None,
     mark_last_message: bool = False,
 ) -> Prompt:

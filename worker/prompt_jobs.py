@@ -24,7 +24,8 @@ from __future__ import annotations
 
 import copy
 import logging
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from protocol.messages import ChatRequest, ErrorInfo
 

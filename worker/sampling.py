@@ -13,7 +13,7 @@ token last) and its ``(1, vocab)`` logits, and returns new logits.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import mlx.core as mx
 from mlx_lm.sample_utils import (

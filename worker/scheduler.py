@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 from mlx_lm.generate import BatchGenerator, StopSequences
 
@@ -28,17 +29,17 @@ from .grammar import (
     response_format_grammar,
     tool_call_grammar,
 )
-from .logprobs import TokenBytes, read_logprobs
 from .kv.manager import ControlError, PromptCacheManager
+from .logprobs import TokenBytes, read_logprobs
 from .prefix_sharing import PrefixSharing
 from .prompt import Prompt, PromptError, render_prompt, template_source, template_variables
 from .prompt_jobs import INLINE_CHARS, PromptJobs, text_chars
 from .raw_prompt import render_raw, untrimmed
 from .sampling import make_logits_processors, make_sampler
 from .sequence import Sequence, ended_unstarted, prompt_only, rejection
-from .text_stream import TextStream
-from .text_stream import THINK_CLOSE
-from .tool_format import FALLBACK, ToolPlan, detect as detect_tool_format
+from .text_stream import THINK_CLOSE, TextStream
+from .tool_format import FALLBACK, ToolPlan
+from .tool_format import detect as detect_tool_format
 
 log = logging.getLogger("kmlx.worker.scheduler")
 
@@ -508,10 +509,11 @@ class Scheduler:
 
     def _retire(self, seq: Sequence, reason: str, content: str = "", reasoning: str = "", error: ErrorInfo | None = None) -> RequestOutput:
         self._by_uid.pop(seq.uid, None)
-        if reason in ("stop", "length") and seq.final_state is None:
-            self._retired[seq.uid] = seq  # stopped by a stop string: state comes with its removal
-        elif reason in ("stop", "length"):
-            self._commit(seq, *seq.final_state)
+        if reason in ("stop", "length"):
+            if seq.final_state is None:
+                self._retired[seq.uid] = seq  # stopped by a stop string: state comes with its removal
+            else:
+                self._commit(seq, *seq.final_state)
         else:
             self._commit(seq, None, None)  # aborted or failed: nothing is committed
         out = seq.final(reason, content, reasoning, error=error)  # type: ignore[arg-type]

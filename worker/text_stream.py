@@ -114,14 +114,14 @@ class TextStream:
     stop: StopFilter
     think: ThinkSplitter | None  # None: raw text, all of it content (legacy completions)
     strip_thinking: bool = False
-    tools: "ToolCallParser | None" = None
-    _calls: list["ToolCallDelta"] = field(default_factory=list)
+    tools: ToolCallParser | None = None
+    _calls: list[ToolCallDelta] = field(default_factory=list)
 
     @classmethod
     def create(
         cls, stops: list[str], *, strip_thinking: bool, starts_in_reasoning: bool, split_thinking: bool = True,
-        tools: "ToolCallParser | None" = None,
-    ) -> "TextStream":
+        tools: ToolCallParser | None = None,
+    ) -> TextStream:
         think = ThinkSplitter(starts_in_reasoning) if split_thinking else None
         return cls(StopFilter(list(stops)), think, strip_thinking, tools)
 
@@ -139,7 +139,7 @@ class TextStream:
         """Tool-call pieces are waiting for ``take_calls``."""
         return bool(self._calls)
 
-    def take_calls(self) -> "list[ToolCallDelta]":
+    def take_calls(self) -> list[ToolCallDelta]:
         calls, self._calls = self._calls, []
         return calls
 

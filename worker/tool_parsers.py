@@ -26,8 +26,9 @@ import json
 import re
 import secrets
 import string
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 from protocol.messages import ToolCallDelta
 

@@ -41,7 +41,7 @@ class Incoming:
 
 
 class Transport:
-    def __init__(self, bind: str, info: WorkerInfo, inbox: "queue.Queue[Incoming | GatewayGone]"):
+    def __init__(self, bind: str, info: WorkerInfo, inbox: queue.Queue[Incoming | GatewayGone]):
         self.bind = bind
         self.info = info
         self.inbox = inbox

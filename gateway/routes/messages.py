@@ -12,8 +12,16 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
+from protocol.messages import ChatRequest
+
 from ..anthropic_format import CountTokensReply, MessagesReply
-from ..anthropic_schema import CountTokensRequest, MessagesRequest, parse_count_tokens_request, parse_messages_request, to_chat
+from ..anthropic_schema import (
+    CountTokensRequest,
+    MessagesRequest,
+    parse_count_tokens_request,
+    parse_messages_request,
+    to_chat,
+)
 from ..dispatch import Generation, generate, new_request_id, refuse_if_draining
 from ..schemas import chat_request
 from .chat import chat_wire
@@ -23,7 +31,7 @@ router = APIRouter()
 PARAMS = {"stop": "stop_sequences", "response_format": "output_config.format"}
 
 
-async def _wire(request: Request, body: MessagesRequest | CountTokensRequest):
+async def _wire(request: Request, body: MessagesRequest | CountTokensRequest) -> ChatRequest:
     chat, names = to_chat(body)
     return await chat_wire(request, chat_request(chat), new_request_id(request, "msg_"), names=names)
 

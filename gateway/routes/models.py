@@ -70,7 +70,7 @@ async def stats(request: Request) -> dict[str, Any]:
     sums over the pool (``total``) and per served model (``models``)."""
     pool: WorkerPool = request.app.state.pool
 
-    async def one(w) -> dict[str, Any]:
+    async def one(w: WorkerClient) -> dict[str, Any]:
         if not w.ready:
             return {"address": w.address, "ready": False, "error": w.state.reason}
         try:

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import json
 
+from anthropic._models import construct_type
 from anthropic.lib.streaming._messages import accumulate_event
 from anthropic.types import RawMessageStreamEvent
-from anthropic._models import construct_type
 
 from gateway.anthropic_format import MessagesReply
 from gateway.dispatch import Admitted

@@ -187,8 +187,9 @@ def tiny_vlm_path():
 
 
 def test_a_vision_model_reads_image_blocks(vision_client):
-    from tests.vision.samples import image_bytes
     import base64
+
+    from tests.vision.samples import image_bytes
 
     data = base64.b64encode(image_bytes("green")).decode()
     content = [{"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": data}}, {"type": "text", "text": "Colour?"}]

@@ -21,4 +21,5 @@ def test_retrieve_an_unknown_model_is_a_404_model_not_found(client):
     with pytest.raises(openai.NotFoundError) as err:
         client.models.retrieve("no-such/model")
     body = err.value.body
+    assert isinstance(body, dict)
     assert body["code"] == "model_not_found" and body["param"] == "model" and "no-such/model" in body["message"]

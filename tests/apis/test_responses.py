@@ -9,7 +9,6 @@ import json
 import openai
 import pytest
 
-
 GREEDY = {"temperature": 0.0}
 
 

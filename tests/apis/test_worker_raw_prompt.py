@@ -29,7 +29,9 @@ def scheduler(loaded):
 
 
 def run(s: Scheduler, req: ChatRequest, max_steps: int = 200) -> list:
-    outs = [s.admit(b"client", req)]
+    first = s.admit(b"client", req)
+    assert first is not None
+    outs = [first]
     for _ in range(max_steps):
         if outs[-1].finish_reason is not None:
             return outs

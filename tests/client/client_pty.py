@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import sys
 
 import pexpect
@@ -27,6 +28,12 @@ def say(child: pexpect.spawn, text: str) -> None:
     """Type a line and press Enter (a terminal sends CR for Enter)."""
     child.send(text)
     child.send("\r")
+
+
+def matched(child: pexpect.spawn, group: int = 1) -> str:
+    """A group of what the last ``expect`` of a regular expression matched."""
+    assert isinstance(child.match, re.Match), child.match
+    return str(child.match.group(group))
 
 
 def finish(child: pexpect.spawn, timeout: float = 15) -> int:

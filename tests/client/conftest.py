@@ -3,16 +3,12 @@
 from __future__ import annotations
 
 import os
-import sys
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent))  # for client_fake_gateway
-
-from client_fake_gateway import FakeGateway  # noqa: E402
-
+from tests.client.client_fake_gateway import FakeGateway
 from tests.support.e2e import starts_processes  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]

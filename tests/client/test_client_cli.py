@@ -8,10 +8,10 @@ import sys
 from pathlib import Path
 
 import pytest
-from client_fake_gateway import FakeGateway
 from typer.testing import CliRunner
 
 from client.cli import app
+from tests.client.client_fake_gateway import FakeGateway
 
 PNG = b"\x89PNG\r\n\x1a\n" + b"\x00" * 16
 runner = CliRunner()

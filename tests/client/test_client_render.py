@@ -5,6 +5,11 @@ from rich.console import Console
 from client.render import TerminalRenderer, looks_like_markdown, rows_used, sanitize
 
 
+def written(c: Console) -> str:
+    assert isinstance(c.file, io.StringIO)
+    return c.file.getvalue()
+
+
 def console(height: int = 30, width: int = 40, terminal: bool = True) -> Console:
     return Console(file=io.StringIO(), force_terminal=terminal, width=width, height=height, color_system="standard" if terminal else None)
 
@@ -39,7 +44,7 @@ def test_raw_stream_then_newline() -> None:
     r.content("plain ")
     r.content("answer")
     r.finish()
-    assert c.file.getvalue() == "plain answer\n"
+    assert written(c) == "plain answer\n"
 
 
 def test_reasoning_is_dim_and_separated() -> None:
@@ -48,7 +53,7 @@ def test_reasoning_is_dim_and_separated() -> None:
     r.reasoning("\nhmm")
     r.content("\n\nyes")
     r.finish()
-    out = c.file.getvalue()
+    out = written(c)
     assert out == "\x1b[2mhmm\x1b[0m\n\nyes\n"
 
 
@@ -58,7 +63,7 @@ def test_hidden_reasoning() -> None:
     r.reasoning("secret")
     r.content("\nyes")
     r.finish()
-    assert c.file.getvalue() == "yes\n"
+    assert written(c) == "yes\n"
 
 
 def test_markdown_redraw_when_it_fits() -> None:
@@ -66,7 +71,7 @@ def test_markdown_redraw_when_it_fits() -> None:
     r = TerminalRenderer(c)
     r.content("# Title\n\nsome **bold**")
     r.finish()
-    out = c.file.getvalue()
+    out = written(c)
     raw, _, redrawn = out.partition("\r\x1b[2A\x1b[J")  # up two rows: the raw answer's three lines
     assert raw == "# Title\n\nsome **bold**"
     assert "Title" in redrawn and "**" not in redrawn
@@ -77,14 +82,14 @@ def test_no_redraw_when_too_tall_or_not_a_terminal() -> None:
     r = TerminalRenderer(c)
     r.content("# T\n" + "line\n" * 10)
     r.finish()
-    assert "\x1b[J" not in c.file.getvalue()
+    assert "\x1b[J" not in written(c)
     c = console(terminal=False)
     r = TerminalRenderer(c)
     r.content("# T")
     r.finish()
-    assert c.file.getvalue() == "# T\n"
+    assert written(c) == "# T\n"
     c = console()
     r = TerminalRenderer(c, markdown=False)
     r.content("# T")
     r.finish()
-    assert c.file.getvalue() == "# T\n"
+    assert written(c) == "# T\n"

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import pytest
-from client_fake_gateway import FakeGateway
 
 from client.api import Gateway, root_url
 from client.conversation import Conversation
 from client.errors import ApiError, GatewayUnreachable
 from client.metrics import format_stats
 from client.turn import ChatSettings, run_turn
+from tests.client.client_fake_gateway import FakeGateway
 
 
 class Sink:

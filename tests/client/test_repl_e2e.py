@@ -6,11 +6,13 @@ from __future__ import annotations
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pytest
-from client_pty import PROMPT, finish, say, spawn_chat
+
+from tests.client.client_pty import PROMPT, finish, matched, say, spawn_chat
 
 
 def worker_totals(stack: Any) -> dict[str, int]:
@@ -45,13 +47,13 @@ def test_repl_streams_then_hits_cache_and_ctrl_n_starts_fresh(tiny_stack: Any, c
     child = spawn_chat(client_env, tiny_stack.base_url, "-v", "--max-tokens", "8", "--temperature", "0", timeout=120)
     say(child, "Hello there")
     child.expect(r"completion (\d+)")
-    assert int(child.match.group(1)) > 0
+    assert int(matched(child, 1)) > 0
     child.expect_exact("kv fresh")
     child.expect_exact(PROMPT)
 
     say(child, "Tell me more")
     child.expect(r"prompt \d+ \(cached (\d+)\)")
-    assert int(child.match.group(1)) > 0
+    assert int(matched(child, 1)) > 0
     child.expect_exact("kv hit")
     child.expect_exact(PROMPT)
 
@@ -151,7 +153,7 @@ def test_image_answered_by_the_tiny_vlm(make_stack: Any, client_env: dict[str, s
     say(child, r"image:~/green\ field.png What colour is this?")
     child.expect_exact("attached 1 image")
     child.expect(r"completion (\d+)")
-    assert int(child.match.group(1)) > 0
+    assert int(matched(child, 1)) > 0
     child.expect(r"kv [a-z]+")  # whatever the server reports for image turns
     child.expect_exact(PROMPT)
     # a follow-up: the image stays in the history the client resends

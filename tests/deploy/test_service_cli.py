@@ -9,11 +9,9 @@ import sys
 from pathlib import Path
 
 import pytest
-from click.testing import Result
-from typer.testing import CliRunner
+from typer.testing import CliRunner, Result
 
 from client import service
-from client import service_render as sr
 from client.service import service_app
 
 REPO = Path(__file__).resolve().parents[2]
@@ -173,7 +171,7 @@ def test_install_dry_run_prints_commands_and_changes_nothing(home: Path, fake: F
     out = ok("install", "--platform", "launchd", "-m", MODEL, *BIN, "--dry-run")
     agents = home / "Library/LaunchAgents"
     uid = os.getuid()
-    lines = [l for l in out.splitlines() if l.startswith("+ ")]
+    lines = [line for line in out.splitlines() if line.startswith("+ ")]
     assert lines == [
         f"+ mkdir -p {agents}",
         f"+ mkdir -p {home}/Library/Logs/kmlx",

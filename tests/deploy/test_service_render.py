@@ -9,6 +9,7 @@ import shutil
 import subprocess
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -20,13 +21,13 @@ TWO = (sr.WorkerSpec("qwen", "mlx-community/Qwen2.5-7B-Instruct-4bit", 5555),
 
 
 def make_cfg(**kw) -> sr.ServiceConfig:
-    base = dict(workers=TWO, worker_exe=f"{BIN}/kmlx-worker", gateway_exe=f"{BIN}/kmlx-gateway",
+    base: dict[str, Any] = dict(workers=TWO, worker_exe=f"{BIN}/kmlx-worker", gateway_exe=f"{BIN}/kmlx-gateway",
                 workdir="/Users/me", log_dir="/Users/me/Library/Logs/kmlx")
     base.update(kw)
     return sr.ServiceConfig(**base)
 
 
-VARIANTS = {
+VARIANTS: dict[str, dict[str, Any]] = {
     "one-worker": dict(workers=TWO[:1]),
     "two-workers": {},
     "env-and-cache": dict(env=(("HF_TOKEN", 'a "quoted" $secret\\x'), ("PCT", "100%")),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import signal
 import threading
 import uuid
+from collections.abc import Sequence
 from pathlib import Path
 
 import httpx
@@ -15,7 +16,7 @@ from tests.support.processes import start_worker, wait_healthy
 SYSTEM = "You are a careful assistant. Answer briefly and precisely. " * 3
 
 
-def restart_worker(stack, model, log_dir, *, kill: int, args: list[str] = ()) -> None:
+def restart_worker(stack, model, log_dir, *, kill: int, args: Sequence[str] = ()) -> None:
     old = stack.workers[0]
     old.stop(sig=kill)
     port = int(stack.worker_addresses[0].rsplit(":", 1)[1])

@@ -147,7 +147,7 @@ def test_a_state_layer_is_only_restored_at_a_checkpoint():
 
 def test_eviction_takes_unpinned_least_recent_leaves_first():
     one = tree().insert([1], kv_cache([1]))
-    per_token = one.segment.nbytes  # type: ignore[union-attr]
+    per_token = one.segment.nbytes
     t = tree(max_bytes=per_token * 13)
     shared = [50, 51]
     a, b, c = shared + [1, 1, 1], shared + [2, 2, 2], shared + [3, 3, 3]
@@ -169,7 +169,7 @@ def test_eviction_takes_unpinned_least_recent_leaves_first():
 
 
 def test_a_pinned_entry_goes_last_when_nothing_else_is_left():
-    per_token = tree().insert([1], kv_cache([1])).segment.nbytes  # type: ignore[union-attr]
+    per_token = tree().insert([1], kv_cache([1])).segment.nbytes
     t = tree(max_bytes=per_token * 4)
     a, b, c = [1, 2, 3], [7, 8, 9], [4, 5, 6]
     t.insert(a, kv_cache(a), pin=True)

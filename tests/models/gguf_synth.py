@@ -72,9 +72,9 @@ def write_llama(
                      ("unknown_token_id", w.add_unk_token_id)):
         if f"tokenizer.ggml.{key}" in tokenizer_meta:
             add(int(tokenizer_meta[f"tokenizer.ggml.{key}"]))
-    for key, add in (("add_bos_token", w.add_add_bos_token), ("add_space_prefix", w.add_add_space_prefix)):
+    for key, add_flag in (("add_bos_token", w.add_add_bos_token), ("add_space_prefix", w.add_add_space_prefix)):
         if f"tokenizer.ggml.{key}" in tokenizer_meta:
-            add(bool(tokenizer_meta[f"tokenizer.ggml.{key}"]))
+            add_flag(bool(tokenizer_meta[f"tokenizer.ggml.{key}"]))
     if "tokenizer.chat_template" in tokenizer_meta:
         w.add_chat_template(tokenizer_meta["tokenizer.chat_template"])
 

@@ -13,8 +13,7 @@ import sentencepiece as spm  # an mlx-lm dependency
 from tests.models.gguf_reference import read_gguf, reference_logits
 from tests.models.gguf_synth import write_llama
 
-WORDS = ("the quick brown fox jumps over lazy dog café naïve 日本 語 numbers 12345 code def "
-         "return print self while for in range hello world").split()
+WORDS = ["the", "quick", "brown", "fox", "jumps", "over", "lazy", "dog", "café", "naïve", "日本", "語", "numbers", "12345", "code", "def", "return", "print", "self", "while", "for", "in", "range", "hello", "world"]
 TEXTS = [
     "Hello world, the quick fox!",
     "  two leading spaces and   three inside",

@@ -83,6 +83,7 @@ def test_other_pre_tokenizers_split_like_their_regex(pre):
     from worker.models.gguf_tokenizer import _PRE_TOKENIZERS, _pre_tokenizer
 
     pattern = _PRE_TOKENIZERS[pre][1]
+    assert pattern is not None
     chars = _byte_chars()
     for text in TEXTS[2:10]:
         got = [piece for piece, _ in _pre_tokenizer(pre, pre_tokenizers).pre_tokenize_str(text)]

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import httpx
 
@@ -49,7 +49,7 @@ class Pool:
 
 
 def start_pool(
-    workers: dict[str, Path], log_dir: Path, *, gateways: list[list[str]] | None = None, worker_args: list[str] = ()
+    workers: dict[str, Path], log_dir: Path, *, gateways: list[list[str]] | None = None, worker_args: Sequence[str] = ()
 ) -> Pool:
     """Workers named as given (``--name``, so their ids are known), then one
     gateway per entry of ``gateways`` (its extra arguments), each in front

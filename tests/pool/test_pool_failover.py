@@ -7,6 +7,8 @@ import threading
 import time
 from pathlib import Path
 
+import httpx
+
 from gateway.routing import rendezvous_order
 from tests.pool.support import StreamResult, chat, stream
 from tests.support.processes import start_worker
@@ -16,7 +18,8 @@ NAMES = ["w0", "w1"]
 
 def conversations_homed_on(name: str, count: int, prefix: str) -> list[str]:
     """Conversation ids whose rendezvous-first worker is ``name``."""
-    out, n = [], 0
+    out: list[str] = []
+    n = 0
     while len(out) < count:
         key = f"{prefix}-{n}"
         if NAMES[rendezvous_order(key, NAMES)[0]] == name:
@@ -30,6 +33,7 @@ def test_kill_9_mid_stream_fails_only_that_workers_streams_and_it_rejoins(make_p
     victim_convs = conversations_homed_on("w0", 2, "doomed")
     survivor_convs = conversations_homed_on("w1", 2, "lucky")
     results: dict[str, StreamResult] = {}
+    plain_result: list[httpx.Response] = []
     started = {c: threading.Event() for c in victim_convs + survivor_convs}
 
     def run(conv: str, gateway: int) -> None:
@@ -41,7 +45,7 @@ def test_kill_9_mid_stream_fails_only_that_workers_streams_and_it_rejoins(make_p
         started[conv].set()  # also when it ended early, so the test never waits forever
 
     def run_plain() -> None:  # a non-streamed request: no byte sent until it is complete
-        results["plain"] = chat(pool.url(0), "Tell a long story", max_tokens=600, ignore_eos=True, conversation=victim_convs[0])  # type: ignore[assignment]
+        plain_result.append(chat(pool.url(0), "Tell a long story", max_tokens=600, ignore_eos=True, conversation=victim_convs[0]))
 
     threads = [threading.Thread(target=run, args=(c, i % 2)) for i, c in enumerate(victim_convs + survivor_convs)]
     threads.append(threading.Thread(target=run_plain))
@@ -67,16 +71,17 @@ def test_kill_9_mid_stream_fails_only_that_workers_streams_and_it_rejoins(make_p
         assert r.headers["x-worker-id"] == "w1" and r.error is None
         assert r.finish_reason == "length" and r.done
     # The non-streamed request had sent nothing yet: it was run again on w1.
-    plain = results["plain"]
-    assert plain.status_code == 200 and plain.headers["x-worker-id"] == "w1", plain.text  # type: ignore[attr-defined]
-    assert plain.json()["usage"]["completion_tokens"] == 600  # type: ignore[attr-defined]
+    assert plain_result, "the non-streamed request did not return"
+    plain = plain_result[0]
+    assert plain.status_code == 200 and plain.headers["x-worker-id"] == "w1", plain.text
+    assert plain.json()["usage"]["completion_tokens"] == 600
 
     # Both gateways now send everything, w0's conversations too, to the survivor.
     for g in (0, 1):
         assert {w["worker_id"]: w["ready"] for w in pool.health(g)["workers"]} == {"w0": False, "w1": True}
         for conv in victim_convs:
-            r = chat(pool.url(g), "still there?", conversation=conv)
-            assert r.status_code == 200 and r.headers["x-worker-id"] == "w1"
+            resp = chat(pool.url(g), "still there?", conversation=conv)
+            assert resp.status_code == 200 and resp.headers["x-worker-id"] == "w1"
 
     # Restarted on the same address, it rejoins both gateways by itself and
     # gets its conversations back.
@@ -84,8 +89,8 @@ def test_kill_9_mid_stream_fails_only_that_workers_streams_and_it_rejoins(make_p
     pool.workers["w0"] = start_worker(tiny_model_path, pool.log_dir, port=port, name="w0")
     for g in (0, 1):
         pool.wait_ready({"w0", "w1"}, gateway=g, timeout=120)
-        r = chat(pool.url(g), "back again", conversation=victim_convs[0])
-        assert r.status_code == 200 and r.headers["x-worker-id"] == "w0"
+        resp = chat(pool.url(g), "back again", conversation=victim_convs[0])
+        assert resp.status_code == 200 and resp.headers["x-worker-id"] == "w0"
 
 
 def test_a_hung_worker_is_marked_down_by_pings_and_rejoins(make_pool, tiny_model_path: Path):

@@ -4,8 +4,8 @@ two gateway processes that share nothing (tiny models, loopback)."""
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import httpx
 import pytest

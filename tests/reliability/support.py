@@ -15,7 +15,6 @@ import pytest
 
 from tests.support.processes import Stack
 
-
 _client: httpx.Client | None = None
 
 
@@ -56,7 +55,7 @@ class BackgroundStream:
         self._started = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
-    def start(self, min_events: int = 3, timeout: float = 120) -> "BackgroundStream":
+    def start(self, min_events: int = 3, timeout: float = 120) -> BackgroundStream:
         self._thread.start()
         if not self._started.wait(timeout):
             raise AssertionError(f"the background stream never started (status {self.status}, error {self.error!r})")
@@ -65,7 +64,7 @@ class BackgroundStream:
             time.sleep(0.02)
         return self
 
-    def join(self, timeout: float = 300) -> "BackgroundStream":
+    def join(self, timeout: float = 300) -> BackgroundStream:
         self._thread.join(timeout)
         assert not self._thread.is_alive(), "the background stream did not finish in time"
         return self

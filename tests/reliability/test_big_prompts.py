@@ -15,7 +15,7 @@ def rss_mb(pid: int) -> float:
     status = Path(f"/proc/{pid}/status")
     if not status.exists():
         pytest.skip("reading another process's memory needs /proc (Linux)")
-    line = next(l for l in status.read_text().splitlines() if l.startswith("VmRSS:"))
+    line = next(ln for ln in status.read_text().splitlines() if ln.startswith("VmRSS:"))
     return int(line.split()[1]) / 1024
 
 

@@ -11,8 +11,8 @@ import signal
 import subprocess
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import mlx.core as mx
 import pytest

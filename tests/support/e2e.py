@@ -13,7 +13,8 @@ from __future__ import annotations
 import os
 import pty
 import subprocess
-from typing import Any, Callable, TypeVar
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import pytest
 
@@ -64,7 +65,7 @@ class ProcessGuard:
             "tests.support.e2e.starts_processes, or mark the test @pytest.mark.e2e"
         )
 
-    def __enter__(self) -> "ProcessGuard":
+    def __enter__(self) -> ProcessGuard:
         for owner, name in self._targets:
             if hasattr(owner, name):
                 self._saved.append((owner, name, getattr(owner, name)))

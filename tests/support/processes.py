@@ -8,6 +8,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -48,20 +49,19 @@ class Proc:
 def spawn(name: str, args: list[str], log_dir: Path, env: dict[str, str] | None = None) -> Proc:
     log_dir.mkdir(parents=True, exist_ok=True)
     log_path = log_dir / f"{name}-{int(time.time() * 1000)}.log"
-    fh = open(log_path, "wb")
-    popen = subprocess.Popen(
-        [sys.executable, *args],
-        stdout=fh,
-        stderr=subprocess.STDOUT,
-        cwd=REPO,
-        env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
-    )
-    fh.close()
+    with open(log_path, "wb") as fh:  # the child keeps its own copy of the descriptor
+        popen = subprocess.Popen(
+            [sys.executable, *args],
+            stdout=fh,
+            stderr=subprocess.STDOUT,
+            cwd=REPO,
+            env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
+        )
     return Proc(name, popen, log_path)
 
 
 def start_worker(
-    model: str | Path, log_dir: Path, *, port: int | None = None, args: list[str] = (), name: str = "worker",
+    model: str | Path, log_dir: Path, *, port: int | None = None, args: Sequence[str] = (), name: str = "worker",
     env: dict[str, str] | None = None,
 ) -> tuple[Proc, str]:
     port = port or free_port()
@@ -77,7 +77,7 @@ def start_worker(
     return proc, address
 
 
-def start_gateway(workers: list[str], log_dir: Path, *, port: int | None = None, args: list[str] = (), name: str = "gateway") -> tuple[Proc, str]:
+def start_gateway(workers: list[str], log_dir: Path, *, port: int | None = None, args: Sequence[str] = (), name: str = "gateway") -> tuple[Proc, str]:
     port = port or free_port()
     worker_args = [a for w in workers for a in ("--worker", w)]
     proc = spawn(name, ["-m", "gateway", "--host", "127.0.0.1", "--port", str(port), *worker_args, *args], log_dir)
@@ -127,7 +127,7 @@ class Stack:
 
 
 def start_stack(
-    model: str | Path, log_dir: Path, *, worker_args: list[str] = (), gateway_args: list[str] = (),
+    model: str | Path, log_dir: Path, *, worker_args: Sequence[str] = (), gateway_args: Sequence[str] = (),
     worker_env: dict[str, str] | None = None,
 ) -> Stack:
     worker, address = start_worker(model, log_dir, args=list(worker_args), env=worker_env)

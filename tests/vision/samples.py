@@ -8,6 +8,7 @@ import io
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
 import numpy as np
 
 
@@ -90,7 +91,7 @@ class MediaServer:
         self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
         self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
 
-    def __enter__(self) -> "MediaServer":
+    def __enter__(self) -> MediaServer:
         self.thread.start()
         return self
 

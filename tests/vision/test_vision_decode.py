@@ -63,12 +63,13 @@ def _batched(model, processor, inputs, *, rerotate: bool, chunk: int):
     while not pre.step(job, chunk):
         pass
     cache, last = pre.finish(job)
-    gen = BatchGenerator(view, stop_tokens=[[-1]], completion_batch_size=4, prefill_batch_size=4)
+    gen = BatchGenerator(view, stop_tokens=[[-1]], completion_batch_size=4, prefill_batch_size=4)  # type: ignore[arg-type]  # a duck-typed model
     text = processor.tokenizer.apply_chat_template([{"role": "user", "content": "Hello there"}], tokenize=False,
                                                    add_generation_prompt=True)
     gen.insert([processor.tokenizer.encode(text)], max_tokens=[STEPS])  # a text neighbour in the batch
     (uid,) = gen.insert([[last]], max_tokens=[STEPS], caches=[cache])
-    tokens, logprobs = [], []
+    tokens: list[int] = []
+    logprobs = []
     while len(tokens) < STEPS:
         for r in gen.next()[1]:
             if r.uid == uid:

@@ -4,10 +4,13 @@ real HTTP (the OpenAI SDK where it speaks the shape), real generation."""
 from __future__ import annotations
 
 import threading
+from typing import Any
 
 import httpx
 import openai
 import pytest
+from openai.types import CompletionUsage
+from openai.types.chat import ChatCompletion
 
 from tests.vision.samples import data_url, image_bytes, video_bytes
 
@@ -27,9 +30,14 @@ def ask_about(*parts: dict, text: str = "Describe this.") -> list[dict]:
     return [{"role": "user", "content": [*parts, {"type": "text", "text": text}]}]
 
 
-def answer(client: openai.OpenAI, messages: list[dict], max_tokens: int = 8, **extra) -> tuple[str, object]:
-    r = client.chat.completions.create(model="tiny-vlm", messages=messages, max_tokens=max_tokens, **GREEDY, **extra)
-    return r.choices[0].message.content, r
+def answer(client: openai.OpenAI, messages: list[Any], max_tokens: int = 8) -> tuple[str, ChatCompletion]:
+    r = client.chat.completions.create(model="tiny-vlm", messages=messages, max_tokens=max_tokens, temperature=0.0)
+    return r.choices[0].message.content or "", r
+
+
+def usage(r: ChatCompletion) -> CompletionUsage:
+    assert r.usage is not None, "no usage in the response"
+    return r.usage
 
 
 def post(stack, body: dict) -> httpx.Response:
@@ -40,7 +48,7 @@ def post(stack, body: dict) -> httpx.Response:
 def test_data_url_image(client, fmt, mime):
     text, r = answer(client, ask_about(image_part(data_url(image_bytes("noise", fmt=fmt), mime))))
     assert r.choices[0].finish_reason == "length"
-    assert r.usage.completion_tokens == 8 and text
+    assert usage(r).completion_tokens == 8 and text
 
 
 def test_the_image_reaches_the_model(client):
@@ -62,9 +70,9 @@ def test_usage_counts_tokens_not_characters(client):
     assert len(url) > 5000
     _, with_image = answer(client, ask_about(image_part(url)), max_tokens=2)
     _, text_only = answer(client, [{"role": "user", "content": "Describe this."}], max_tokens=2)
-    assert with_image.usage.prompt_tokens - text_only.usage.prompt_tokens == 6
+    assert usage(with_image).prompt_tokens - usage(text_only).prompt_tokens == 6
     _, bigger = answer(client, ask_about(image_part(data_url(image_bytes("noise", size=(128, 128))))), max_tokens=2)
-    assert bigger.usage.prompt_tokens - text_only.usage.prompt_tokens == 25 + 2  # 140x140 -> 10x10 patches -> 25
+    assert usage(bigger).prompt_tokens - usage(text_only).prompt_tokens == 25 + 2  # 140x140 -> 10x10 patches -> 25
 
 
 def test_stream_matches_non_stream(client):
@@ -91,7 +99,7 @@ def test_two_images_in_one_message(client):
     rb, r = answer(client, ask_about(image_part(red), image_part(blue)), max_tokens=12)
     br, _ = answer(client, ask_about(image_part(blue), image_part(red)), max_tokens=12)
     _, one = answer(client, ask_about(image_part(red)), max_tokens=12)
-    assert r.usage.prompt_tokens == one.usage.prompt_tokens + 6  # both images are in the prompt
+    assert usage(r).prompt_tokens == usage(one).prompt_tokens + 6  # both images are in the prompt
     assert rb != br  # ... in order
 
 
@@ -156,7 +164,7 @@ def test_video_over_http(vision_stack, media_server):
 
 def test_text_request_to_a_vision_model(client):
     text, r = answer(client, [{"role": "user", "content": "Just text."}])
-    assert text and r.usage.completion_tokens == 8
+    assert text and usage(r).completion_tokens == 8
 
 
 def test_image_and_text_requests_run_together(vision_stack, client):
@@ -171,7 +179,7 @@ def test_image_and_text_requests_run_together(vision_stack, client):
 
     def image(i: int) -> None:
         _, r = answer(client, ask_about(image_part(data_url(image_bytes("noise", size=(200, 150), seed=i)))))
-        results[f"image{i}"] = r.usage.completion_tokens
+        results[f"image{i}"] = usage(r).completion_tokens
 
     threads = [threading.Thread(target=text_stream)] + [threading.Thread(target=image, args=(i,)) for i in range(3)]
     for t in threads:

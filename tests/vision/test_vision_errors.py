@@ -61,7 +61,7 @@ def test_bad_media_is_a_clear_4xx(vision_stack, media_server, media_dir, case):
 
 
 def test_the_cases_cover_the_limits():
-    assert MAX_IMAGE_MB * 1024 * 1024 < len(image_bytes("noise", size=(400, 400)))
+    assert len(image_bytes("noise", size=(400, 400))) > MAX_IMAGE_MB * 1024 * 1024
     assert FETCH_TIMEOUT < 30  # /slow sleeps 30 s
 
 
@@ -103,12 +103,12 @@ def test_image_part_sent_straight_to_a_text_worker_is_refused_by_the_worker(tiny
     import zmq
 
     from protocol.codec import decode_from_worker, encode
-    from protocol.messages import PROTOCOL_VERSION, ChatRequest, Hello, SamplingParams
+    from protocol.messages import PROTOCOL_VERSION, ChatRequest, Hello, SamplingParams, StepOutputs
     from tests.support.processes import start_worker
 
     worker, address = start_worker(tiny_model_path, log_dir, name="text-worker")
     try:
-        ctx = zmq.Context.instance()
+        ctx: zmq.Context = zmq.Context.instance()
         sock = ctx.socket(zmq.DEALER)
         sock.connect(address)
         sock.send(encode(Hello(protocol_version=PROTOCOL_VERSION, gateway_id="test")))
@@ -118,8 +118,10 @@ def test_image_part_sent_straight_to_a_text_worker_is_refused_by_the_worker(tiny
                           sampling=SamplingParams(max_tokens=2))
         sock.send(encode(req))
         assert sock.poll(60_000)
-        out = decode_from_worker(sock.recv()).outputs[0]
-        assert out.finish_reason == "error" and out.error.status == 400
+        reply = decode_from_worker(sock.recv())
+        assert isinstance(reply, StepOutputs), reply
+        out = reply.outputs[0]
+        assert out.finish_reason == "error" and out.error is not None and out.error.status == 400
         assert "does not accept images" in out.error.message
         sock.close(0)
     finally:

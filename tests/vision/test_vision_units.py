@@ -19,7 +19,7 @@ def patches(w: int, h: int) -> int:
 
 @pytest.mark.parametrize("size", [(64, 64), (1000, 1000), (4000, 3000), (10000, 50), (33, 33), (1, 9000)])
 @pytest.mark.parametrize("budget", [1, 8, 192, 1536])
-def test_fit_patches_stays_in_budget_and_keeps_aspect(size, budget):
+def test_fit_patches_stays_in_budget_and_keeps_aspect(size: tuple[int, int], budget: int) -> None:
     from worker.vision.media import fit_patches
 
     w, h = fit_patches(*size, budget)

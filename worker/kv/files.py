@@ -33,9 +33,10 @@ import secrets
 import shutil
 import stat
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO, Callable, Iterator
+from typing import Any, BinaryIO
 
 from mlx_lm.models.cache import save_prompt_cache
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import io
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import mlx.core as mx
 from mlx.utils import tree_flatten, tree_unflatten
@@ -57,10 +57,14 @@ class Reference:
     vocab_size: int
 
 
+def _leaves(tree: Any) -> list[tuple[str, Any]]:
+    return cast("list[tuple[str, Any]]", tree_flatten(tree))
+
+
 def describe(cache: Cache) -> tuple[Layer, ...]:
     out = []
     for c in cache:
-        leaves = [v for _, v in tree_flatten(c.state)] if c.state is not None else []
+        leaves = [v for _, v in _leaves(c.state)] if c.state is not None else []
         arrays = tuple((a.dtype, tuple(a.shape)) for a in leaves if isinstance(a, mx.array))
         scalars = tuple(v for v in leaves if not isinstance(v, mx.array))
         out.append(Layer(type(c).__name__, arrays, scalars))
@@ -71,7 +75,7 @@ def reference_for(model: Any) -> Reference:
     """Run one token through a fresh cache: the model's own layout."""
     cache = mlx_cache.make_prompt_cache(model)
     logits = model(mx.array([[0]]), cache=cache)
-    mx.eval(logits, *[a for c in cache for _, a in tree_flatten(c.state) if isinstance(a, mx.array)])
+    mx.eval(logits, *[a for c in cache for _, a in _leaves(c.state) if isinstance(a, mx.array)])
     return Reference(describe(cache), int(logits.shape[-1]))
 
 
@@ -79,7 +83,8 @@ def parse_cache(data: bytes, reference: Reference | None) -> tuple[Cache, dict[s
     """Bytes of a prompt-cache safetensors file -> an evaluated, checked
     cache, and the metadata it was saved with."""
     try:
-        arrays, raw_meta = mx.load(io.BytesIO(data), format="safetensors", return_metadata=True)
+        loaded = mx.load(io.BytesIO(data), format="safetensors", return_metadata=True)
+        arrays, raw_meta = cast("tuple[dict[str, Any], dict[str, str]]", loaded)
         classes = [v for k, v in sorted(raw_meta.items()) if k.startswith("1.")]
         unknown = sorted(set(classes) - set(ALLOWED_CLASSES))
         if unknown:
@@ -98,7 +103,7 @@ def parse_cache(data: bytes, reference: Reference | None) -> tuple[Cache, dict[s
             raise CacheFileError("cache file's layers do not match its class list")
         cache = [getattr(mlx_cache, name).from_state(state) for name, state in zip(classes, states)]
         # Read every byte now, while the data is ours and nothing else depends on it.
-        mx.eval(*[a for c in cache for _, a in tree_flatten(c.state) if isinstance(a, mx.array)])
+        mx.eval(*[a for c in cache for _, a in _leaves(c.state) if isinstance(a, mx.array)])
     except CacheFileError:
         raise
     except Exception as exc:  # whatever MLX or a hostile layout raises
@@ -151,7 +156,7 @@ def _check_layer(i: int, c: Any, got: Layer, ref: Layer | None) -> None:
         keep, max_size, idx = c.keep, c.max_size, c._idx
         if ref is not None and (keep, max_size) != (ref.scalars[1], ref.scalars[2]):
             raise CacheFileError(f"{where} has window {max_size} (keep {keep}); this model's is {ref.scalars[2]}")
-        if not (0 < offset and min(offset, max_size) <= length <= max_size and 0 <= idx <= length):
+        if not (offset > 0 and min(offset, max_size) <= length <= max_size and 0 <= idx <= length):
             raise CacheFileError(f"{where} has inconsistent window positions")
     elif not 0 < offset <= length:
         raise CacheFileError(f"{where} claims {offset} tokens but holds {length}")

@@ -160,9 +160,10 @@ def _probe_cached(path: str) -> str | None:
 
 def _cpu_model() -> str:
     try:
-        for line in open("/proc/cpuinfo", encoding="utf-8", errors="replace"):
-            if line.startswith("flags"):  # the flags decide whether a build runs here
-                return hashlib.sha1(line.encode()).hexdigest()[:16]
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as cpuinfo:
+            for line in cpuinfo:
+                if line.startswith("flags"):  # the flags decide whether a build runs here
+                    return hashlib.sha1(line.encode()).hexdigest()[:16]
     except OSError:
         pass
     return platform.processor()

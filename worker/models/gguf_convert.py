@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from .cache import atomic_dir
 from .errors import ModelLoadError
@@ -51,7 +51,7 @@ def convert_gguf(src: Path, dest: Path, *, extra_source: dict[str, Any] | None =
     with atomic_dir(dest) as tmp:
         with step(f"loading tensors of {src.name}"):
             try:
-                tensors = mx.load(str(src))
+                tensors = cast("dict[str, mx.array]", mx.load(str(src)))  # a .gguf loads as a dict
             except (RuntimeError, ValueError) as exc:
                 raise ModelLoadError(f"{src}: cannot load its tensors ({exc})") from exc
             for name, kind in info.tensor_types.items():

@@ -27,7 +27,7 @@ def spm_tokenizer(tokens: list[str], scores: list[float], kinds: list[int],
     bpe = models.BPE(vocab=vocab, merges=merges_from_scores(tokens, scores, kinds),
                      unk_token=unk, fuse_unk=True, byte_fallback=True)
     tokenizer = Tokenizer(bpe)
-    steps = [normalizers.Replace(" ", SPACE)]
+    steps: list[Any] = [normalizers.Replace(" ", SPACE)]
     if add_space_prefix:
         steps.insert(0, normalizers.Prepend(SPACE))
     tokenizer.normalizer = normalizers.Sequence(steps)
@@ -40,7 +40,7 @@ def spm_tokenizer(tokens: list[str], scores: list[float], kinds: list[int],
 
 def merges_from_scores(tokens: list[str], scores: list[float], kinds: list[int]) -> list[tuple[str, str]]:
     """Every split of a normal piece into two normal pieces, best joined score first."""
-    ids = {}
+    ids: dict[str, int] = {}
     for i, (tok, kind) in enumerate(zip(tokens, kinds)):
         if kind in (NORMAL, USER_DEFINED):
             ids.setdefault(tok, i)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import functools
 import os
-from typing import Any
+from typing import Any, cast
 
 from .errors import ModelLoadError
 from .progress import say
@@ -82,7 +82,7 @@ def dequantize(model: Any) -> None:
     # MLX runs each CPU stream on its own thread: spreading the layers over a
     # few streams roughly halves the time to dequantize on 2 cores.
     streams = _cpu_streams()
-    replaced = []
+    replaced: list[tuple[str, Any]] = []
     for name, m in model.named_modules():
         if not isinstance(m, (nn.QuantizedLinear, nn.QuantizedEmbedding)):
             continue
@@ -97,6 +97,7 @@ def dequantize(model: Any) -> None:
             mode=getattr(m, "mode", "affine"),
             stream=s,
         )
+        new: nn.Module
         if isinstance(m, nn.QuantizedLinear):
             new = nn.Linear(w.shape[1], w.shape[0], bias="bias" in m)
             if "bias" in m:
@@ -134,12 +135,17 @@ def quantized_bits(model: Any) -> dict[str, int]:
     return {name: m.bits for name, m in model.named_modules() if hasattr(m, "bits") and hasattr(m, "scales")}
 
 
-def float32_bytes(model: Any) -> int:
+def _leaves(model: Any) -> list[tuple[str, Any]]:
+    """(dotted name, array) for every parameter of ``model``."""
     from mlx.utils import tree_flatten
 
+    return cast("list[tuple[str, Any]]", tree_flatten(model.parameters()))
+
+
+def float32_bytes(model: Any) -> int:
     bits = quantized_bits(model)
     total = 0
-    for key, value in tree_flatten(model.parameters()):
+    for key, value in _leaves(model):
         layer, _, leaf = key.rpartition(".")
         if layer in bits and leaf == "weight":
             total += value.size * (32 // bits[layer]) * 4
@@ -150,16 +156,14 @@ def float32_bytes(model: Any) -> int:
 
 def describe_weights(model: Any) -> str:
     """"float32", "bfloat16", "q4", "q4+q8" (mixed bits), ..."""
-    from mlx.utils import tree_flatten
-
     bits = sorted(set(quantized_bits(model).values()))
     if bits:
         return "+".join(f"q{b}" for b in bits)
     counts: dict[str, int] = {}
-    for _, value in tree_flatten(model.parameters()):
+    for _, value in _leaves(model):
         name = str(value.dtype).rpartition(".")[-1]
         counts[name] = counts.get(name, 0) + value.size
-    return max(counts, key=counts.get) if counts else "empty"
+    return max(counts, key=lambda k: counts[k]) if counts else "empty"
 
 
 def _physical_memory() -> int:

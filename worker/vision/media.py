@@ -76,7 +76,7 @@ def load_image(data: bytes, limits: MediaLimits, *, param: str | None = None, ma
 
     budget = max_patches or limits.max_image_patches
     try:
-        img = Image.open(io.BytesIO(data))
+        img: Image.Image = Image.open(io.BytesIO(data))
         w, h = img.size
         if w * h > limits.max_source_pixels:
             raise MediaError(

@@ -20,7 +20,7 @@ an ordinary text sequence.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import mlx.core as mx
 
@@ -69,7 +69,7 @@ class VisionPrefiller:
         deltas = getattr(feats, "rope_deltas", None)
         mx.eval(input_ids, feats.inputs_embeds, *([position_ids] if position_ids is not None else []),
                 *([deltas] if isinstance(deltas, mx.array) else []))
-        delta = int(deltas.reshape(-1)[0].item()) if isinstance(deltas, mx.array) and deltas.size else 0
+        delta = int(cast(int, deltas.reshape(-1)[0].item())) if isinstance(deltas, mx.array) and deltas.size else 0
         return PrefillJob(input_ids, feats.inputs_embeds, position_ids, delta)
 
     def step(self, job: PrefillJob, chunk: int) -> bool:
@@ -79,6 +79,7 @@ class VisionPrefiller:
             job.cache = self.make_cache()
         n = min(chunk, job.remaining)
         if n > 0:
+            assert job.embeds is not None, "prefill after finish"
             a, b = job.done_tokens, job.done_tokens + n
             kwargs: dict[str, Any] = {"inputs_embeds": job.embeds[:, a:b], "cache": job.cache}
             if job.position_ids is not None:
@@ -96,7 +97,7 @@ class VisionPrefiller:
         if job.delta:
             shift_keys(self.lm, job.cache, -job.delta)
         job.embeds = None  # free the prompt embeddings now
-        return job.cache, int(job.input_ids[0, -1].item())
+        return job.cache, int(cast(int, job.input_ids[0, -1].item()))
 
 
 def shift_keys(lm: Any, cache: list[Any], shift: int) -> None:

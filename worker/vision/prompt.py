@@ -98,7 +98,7 @@ def prepare_media(
     messages: list[dict[str, Any]],
     limits: MediaLimits,
     *,
-    tools: "ToolPlan | None" = None,
+    tools: ToolPlan | None = None,
     variables: dict[str, Any] | None = None,
 ) -> PreparedMedia:
     """Decode every media part and render the chat template around

@@ -31,7 +31,8 @@ from .media import MediaError, MediaLimits
 from .media_thread import MediaThread
 from .prefill import PrefillJob, VisionPrefiller
 from .prompt import has_media, prepare_media, tokenize
-from .sliced_encoder import SlicedEncoder, supports as _supports_tower
+from .sliced_encoder import SlicedEncoder
+from .sliced_encoder import supports as _supports_tower
 
 log = logging.getLogger("kmlx.worker.vision")
 
@@ -306,9 +307,11 @@ class VisionScheduler(Scheduler):
         if self.encode_on == "compute-loop":
             features = None
         elif p.slices is None:
+            assert self.sliced is not None  # encode_on == "sliced" only with a sliced encoder
             p.slices = self.sliced.start(pixels, extra["image_grid_thw"])
             return
         else:
+            assert self.sliced is not None
             features = self.sliced.step(p.slices)
             if features is None:
                 return

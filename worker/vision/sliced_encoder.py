@@ -14,7 +14,7 @@ mlx-vlm's ``VisionModel.__call__``; a test checks the result equals it.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import mlx.core as mx
 
@@ -53,7 +53,7 @@ class SlicedEncoder:
         hidden = vt.patch_embed(pixel_values.astype(dtype))
         rotary = vt.rot_pos_emb(grid_thw)
         segments, start = [], 0
-        for t, h, w in grid_thw.tolist():
+        for t, h, w in cast("list[list[int]]", grid_thw.tolist()):
             for _ in range(int(t)):
                 segments.append((start, start + int(h) * int(w)))
                 start += int(h) * int(w)
@@ -74,6 +74,7 @@ class SlicedEncoder:
             mx.eval(s.q, s.k, s.v)
             return None
         n = s.hidden.shape[0]
+        assert s.k is not None and s.v is not None
         if s.done_rows < n:  # attention for the next query rows, inside their segment
             a = s.done_rows
             seg_start, seg_end = next((x, y) for x, y in s.segments if x <= a < y)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 TINY_VLM_NAME = "kmlx-tiny-qwen2-vl"
 TINY_VLM_VERSION = 1  # bump when anything below changes
@@ -130,7 +130,11 @@ def _write_tokenizer(folder: Path) -> dict[str, int]:
     )
     tok.train_from_iterator(_CORPUS, trainer=trainer)
     tok.save(str(folder / "tokenizer.json"))
-    ids = {t: tok.token_to_id(t) for t in SPECIAL_TOKENS}
+    ids: dict[str, int] = {}
+    for t in SPECIAL_TOKENS:
+        tid = tok.token_to_id(t)
+        assert tid is not None, f"{t} missing from the trained vocabulary"
+        ids[t] = tid
     ids["vocab_size"] = tok.get_vocab_size()
     (folder / "tokenizer_config.json").write_text(
         json.dumps(
@@ -217,7 +221,7 @@ def _save_weights(folder: Path, config: dict[str, Any]) -> None:
     mc = ModelConfig.from_dict(dict(config))
     mc.text_config = TextConfig.from_dict(config["text_config"])
     mc.vision_config = VisionConfig.from_dict(config["vision_config"])
-    shapes = {k: v.shape for k, v in tree_flatten(Model(mc).parameters())}
+    shapes = {k: v.shape for k, v in cast("list[tuple[str, Any]]", tree_flatten(Model(mc).parameters()))}
     rng = np.random.default_rng(SEED)
     weights: dict[str, Any] = {}
     for name in sorted(shapes):
