@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from tests.client.client_fake_gateway import FakeGateway
-from tests.support.e2e import starts_processes  # noqa: E402
+from tests.support.e2e import starts_processes
 
 REPO = Path(__file__).resolve().parents[2]
 
