@@ -93,13 +93,13 @@ def paired(speed: Callable[[str, bool], float], rounds: int) -> tuple[float, flo
 
 
 def in_process(model_path: Path, max_tokens: int, rounds: int) -> tuple[float, float, float]:
-    """The same comparison on mlx-lm's batch directly (no serving): the
-    grammar's own cost per token."""
-    from mlx_lm.generate import BatchGenerator
-
+    """The same comparison on the worker's batch directly (worker/batch.py,
+    no serving): the grammar's own cost per token."""
     from protocol.messages import ResponseFormat
+    from worker.batch import Batch, SequenceSpec
     from worker.grammar import GrammarCompiler, GrammarProcessor, response_format_grammar
     from worker.models import load_model
+    from worker.sampling import LogitsProcessor
 
     loaded = load_model(str(model_path))
     model, tok = loaded.model, loaded.tokenizer
@@ -107,19 +107,17 @@ def in_process(model_path: Path, max_tokens: int, rounds: int) -> tuple[float, f
     grammar = response_format_grammar(ResponseFormat("json_schema", schema=FREE_TEXT))
 
     def speed(prompt: str, constrained: bool) -> float:
-        gen = BatchGenerator(model, stop_tokens=[[t] for t in tok.eos_token_ids])
+        gen = Batch(model, eos_token_ids=tok.eos_token_ids, max_running=1, prefill_chunk=2048)
         ids = tok.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True)
-        procs: list[list[Any]] | None = (
-            [[GrammarProcessor(compiler.matcher(grammar, "bench"), compiler.tokenizer("bench"))]] if constrained else None
-        )
-        gen.insert([ids], max_tokens=[max_tokens], logits_processors=procs)
+        procs: list[LogitsProcessor] = [GrammarProcessor(compiler.matcher(grammar, "bench"), compiler.tokenizer("bench"))] if constrained else []
+        gen.add(SequenceSpec(list(ids), max_tokens=max_tokens, logits_processors=procs))
         n, start, done = 0, 0.0, False
         while not done:
-            for r in gen.next()[1]:
+            for t in gen.step().tokens:
                 n += 1
                 if n == 1:
                     start = time.perf_counter()
-                done = done or r.finish_reason is not None
+                done = done or t.finish is not None
         gen.close()
         return (n - 1) / (time.perf_counter() - start)
 

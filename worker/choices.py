@@ -15,6 +15,7 @@ is reported with ``choice_finish_reason``; the request ends (its
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -46,10 +47,12 @@ class Choices:
         return u
 
 
-def fork_caches(extract: Any, n: int, prompt_tokens: int, final_cache: list[Any] | None) -> list[list[Any] | None]:
+def fork_caches(
+    extract: Callable[[], list[Any]], n: int, prompt_tokens: int, final_cache: list[Any] | None
+) -> list[list[Any] | None]:
     """``n`` private copies of the leader's cache holding all but the
     prompt's last token, or ``None`` each when the cache cannot be trimmed.
-    ``extract()`` returns (cache, tokens) from the running batch; a leader
+    ``extract()`` returns a copy of its cache from the running batch; a leader
     that already finished passes its ``final_cache`` instead."""
     from mlx_lm.models.cache import can_trim_prompt_cache, trim_prompt_cache
 
@@ -58,7 +61,7 @@ def fork_caches(extract: Any, n: int, prompt_tokens: int, final_cache: list[Any]
         if final_cache is not None:
             cache = copy.deepcopy(final_cache)
         else:
-            cache, _tokens = extract()
+            cache = extract()
         if not can_trim_prompt_cache(cache):
             return [None] * n
         held = max(c.offset for c in cache if hasattr(c, "offset")) if any(hasattr(c, "offset") for c in cache) else None

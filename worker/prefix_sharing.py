@@ -25,9 +25,9 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
+from .batch import KVState
 from .kv.manager import PromptCacheManager
 from .kv.radix import shared_length
-from .kv.segments import Cache
 from .sequence import Sequence
 
 MIN_SHARED = 16  # tokens worth waiting for; fewer are prefilled right away
@@ -40,7 +40,7 @@ class Parked:
     target: int  # prompt tokens the leader's KV must cover
 
 
-Extract = Callable[[int], "tuple[list[int], Cache] | None"]
+Extract = Callable[[int], "KVState | None"]
 
 
 class PrefixSharing:
@@ -111,7 +111,8 @@ class PrefixSharing:
         shared = shared_length(leader.prompt.token_ids, prompt, 0, n)
         if not self.kv.needs_checkpoints:
             return shared
-        return max((b for b in leader.plan.checkpoints if b <= shared), default=0)
+        checkpoints = leader.plan.checkpoints if leader.plan is not None else []
+        return max((b for b in checkpoints if b <= shared), default=0)
 
     def _copy(self, leader: Sequence) -> None:
         """Put the leader's KV so far into the prompt cache. A model with
@@ -120,7 +121,7 @@ class PrefixSharing:
             return
         state = self.extract(leader.uid)
         if state is not None:
-            self.kv.offer(*state)
+            self.kv.offer(state.tokens, state.cache)
             self.shared += 1
 
     @staticmethod

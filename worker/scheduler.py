@@ -1,9 +1,10 @@
 """Continuous batching: admit requests, step the batch, turn tokens into outputs.
 
-Built on mlx-lm's ``BatchGenerator``: requests join and leave the running
-batch between steps, and a long prompt is prefilled in chunks of
-``prefill_chunk`` tokens interleaved with decode steps, so one big prompt
-never freezes the streams already running. Runs on the compute thread only.
+Built on mlx-lm's ``BatchGenerator``, through ``worker/batch.py`` (the one
+module that calls it): requests join and leave the running batch between
+steps, and a long prompt is prefilled in chunks of ``prefill_chunk`` tokens
+interleaved with decode steps, so one big prompt never freezes the streams
+already running. Runs on the compute thread only.
 """
 
 from __future__ import annotations
@@ -14,10 +15,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from mlx_lm.generate import BatchGenerator, StopSequences
-
 from protocol.messages import CacheInfo, ChatRequest, ErrorInfo, RequestOutput
 
+from .batch import Batch, KVState, SequenceSpec, Token
 from .choices import Choices, fork_caches
 from .generation_config import Sampling, SamplingDefaults, build_defaults
 from .grammar import (
@@ -104,24 +104,17 @@ class Scheduler:
         self.context_length = context_length
         self.limits = limits
         self.counters = SchedulerCounters()
-        eos = sorted(tokenizer.eos_token_ids)
-        self._batch = BatchGenerator(
-            model,
-            stop_tokens=[[t] for t in eos],
-            completion_batch_size=limits.max_running,
-            prefill_batch_size=min(limits.max_running, 8),
-            prefill_step_size=limits.prefill_chunk,
+        self._eos = set(tokenizer.eos_token_ids)
+        self._batch = Batch(
+            model, eos_token_ids=self._eos, max_running=limits.max_running, prefill_chunk=limits.prefill_chunk
         )
-        self._eos = set(eos)
         self.vocab_size = _vocab_size(model, tokenizer)  # bounds the token ids a raw prompt may hold
-        self._eos_stop = StopSequences([[t] for t in eos])
-        self._no_stop = StopSequences([])
         self._by_uid: dict[int, Sequence] = {}
         self._by_id: dict[str, Sequence] = {}
         self._retired: dict[int, Sequence] = {}  # finished by a stop string, awaiting removal
         self.prompts = PromptJobs(tokenizer, context_length)  # big prompts render beside the loop
         self._rendering: dict[str, _Rendering] = {}
-        self._sharing = PrefixSharing(kv, self._extract) if kv is not None and kv.config.enabled else None
+        self._sharing = PrefixSharing(kv, self._batch.state) if kv is not None and kv.config.enabled else None
 
     # ------------------------------------------------------------------ #
     @property
@@ -264,16 +257,18 @@ class Scheduler:
         """Put a sequence into the running batch: ``tokens`` still to prefill
         on top of ``cache`` (which already holds ``cached_tokens``), stopping
         at the plan's checkpoints so their states can be stored."""
-        cuts = [b - len(cached_tokens) for b in (seq.plan.checkpoints if seq.plan else [])]
         seq.kv_length = len(cached_tokens)
-        (uid,) = self._batch.insert_segments(
-            [[tokens[a:b] for a, b in zip([0, *cuts], [*cuts, len(tokens)])]],
-            caches=[cache] if cache is not None else None,
-            all_tokens=[cached_tokens],
-            max_tokens=[seq.max_tokens],
-            samplers=[make_sampler(seq.sampling, seed_offset=seq.choice)],
-            logits_processors=[make_logits_processors(seq.sampling) + ([seq.constraint] if seq.constraint else [])],
-            stop_sequences=[self._no_stop if seq.request.sampling.ignore_eos else self._eos_stop],
+        uid = self._batch.add(
+            SequenceSpec(
+                tokens=tokens,
+                max_tokens=seq.max_tokens,
+                cache=cache,
+                cached_tokens=cached_tokens,
+                sampler=make_sampler(seq.sampling, seed_offset=seq.choice),
+                logits_processors=make_logits_processors(seq.sampling) + ([seq.constraint] if seq.constraint else []),
+                stop_on_eos=not seq.request.sampling.ignore_eos,
+                pauses=[b - len(cached_tokens) for b in (seq.plan.checkpoints if seq.plan else [])],
+            )
         )
         seq.uid = uid
         self._by_uid[uid] = seq
@@ -390,10 +385,11 @@ class Scheduler:
         requests = [s.request for s in [*self._by_id.values(), *self._parked()]] + [r.request for r in self._rendering.values()]
         return [r.request_id for r in requests if r.deadline and r.deadline < now]
 
-    def _extract(self, uid: int) -> tuple[list[int], list[Any]] | None:
-        """A running sequence's tokens and KV cache as they are now."""
-        state = self._batch.extract_cache([uid]).get(uid)
-        return (list(state[1]), state[0]) if state is not None else None
+    def _current_cache(self, uid: int) -> list[Any]:
+        """A running sequence's KV cache as it is now."""
+        state = self._batch.state(uid)
+        assert state is not None, f"sequence {uid} is not in the batch"
+        return state.cache
 
     # ------------------------------------------------------------------ #
     def step(self) -> list[RequestOutput]:
@@ -411,45 +407,43 @@ class Scheduler:
         return [o for o in outputs if o is not None]
 
     def _step_batch(self) -> list[RequestOutput]:
-        prompt_responses, gen_responses = self._batch.next()
+        result = self._batch.step()
         self.counters.steps += 1
         now = time.perf_counter()
         outputs: list[RequestOutput] = []
-        for p in prompt_responses:
+        for p in result.prefilled:
             seq = self._by_uid.get(p.uid)
             if seq is not None:
-                self._prefilled(seq, p.progress[0], p.end_of_segment and not p.end_of_prompt, now)
-        self._read_logprobs(gen_responses)
+                self._prefilled(seq, p.done, p.paused, now)
+        self._read_logprobs(result.tokens)
         stopped_early: list[int] = []
-        for r in gen_responses:
-            seq = self._by_uid.get(r.uid)
+        for t in result.tokens:
+            seq = self._by_uid.get(t.uid)
             if seq is None:
                 continue
             if seq.choices is not None and not seq.choices.forked:
-                self._fork(seq, r.prompt_cache if r.finish_reason is not None else None)
-            if r.finish_reason is not None:
-                seq.final_state = (r.all_tokens, r.prompt_cache)
-            out = self._on_token(seq, r.token, r.finish_reason, now)
+                self._fork(seq, t.final.cache if t.final is not None else None)
+            if t.final is not None:
+                seq.final_state = t.final
+            out = self._on_token(seq, t.token, t.finish, now)
             if out is not None:
                 outputs.append(out)
-            if seq.finished and r.finish_reason is None:
-                stopped_early.append(r.uid)  # a stop string: still in the batch
+            if seq.finished and t.finish is None:
+                stopped_early.append(t.uid)  # a stop string: still in the batch
         if stopped_early:
-            states = self._batch.remove(stopped_early, return_prompt_caches=self.kv is not None)
+            states = self._batch.remove(stopped_early, keep_state=self.kv is not None)
             for uid in stopped_early:
-                seq = self._retired.pop(uid)
-                cache, tokens = states.get(uid, (None, None))
-                self._commit(seq, tokens, cache)
+                self._commit(self._retired.pop(uid), states.get(uid))
         return outputs
 
-    def _prefilled(self, seq: Sequence, done: int, end_of_segment: bool, now: float) -> None:
+    def _prefilled(self, seq: Sequence, done: int, paused: bool, now: float) -> None:
         """Prefill progress: ``done`` prompt tokens past the cached ones are in the KV."""
         seq.prefill_started = seq.prefill_started or now
         seq.kv_length = seq.cache.cached_tokens + done
-        if end_of_segment and self.kv is not None and seq.plan is not None and seq.kv_length in seq.plan.checkpoints:
-            state = self._extract(seq.uid)  # stopped at a message boundary: keep the state there
+        if paused and self.kv is not None and seq.plan is not None and seq.kv_length in seq.plan.checkpoints:
+            state = self._batch.state(seq.uid)  # stopped at a message boundary: keep the state there
             if state is not None:
-                self.kv.checkpoint(seq.plan, *state)
+                self.kv.checkpoint(seq.plan, state.tokens, state.cache)
 
     def _fork(self, leader: Sequence, final_cache: list[Any] | None) -> None:
         """The other choices of ``leader``'s request join the batch, from a
@@ -458,7 +452,7 @@ class Scheduler:
         group = leader.choices
         group.forked = True
         req, ids = leader.request, leader.prompt.token_ids
-        caches = fork_caches(lambda: self._batch.extract_cache([leader.uid])[leader.uid], group.n - 1, len(ids), final_cache)
+        caches = fork_caches(lambda: self._current_cache(leader.uid), group.n - 1, len(ids), final_cache)
         for i, cache in enumerate(caches, start=1):
             fork = Sequence(
                 request=req, client=leader.client, prompt=leader.prompt, sampling=leader.sampling,
@@ -473,13 +467,13 @@ class Scheduler:
             else:  # a cache that cannot be trimmed: this choice prefills the prompt itself
                 self._insert(fork, list(ids), None, [])
 
-    def _read_logprobs(self, responses: list[Any]) -> None:
+    def _read_logprobs(self, tokens: list[Token]) -> None:
         """Log-probabilities for the sequences that asked, all in one read."""
         asked: list[tuple[Sequence, tuple[int, Any, int]]] = []
-        for r in responses:
-            seq = self._by_uid.get(r.uid)
-            if seq is not None and seq.sampling.logprobs and not (r.finish_reason == "stop" and r.token in self._eos):
-                asked.append((seq, (r.token, r.logprobs, seq.sampling.top_logprobs)))
+        for t in tokens:
+            seq = self._by_uid.get(t.uid)
+            if seq is not None and seq.sampling.logprobs and not (t.finish == "stop" and t.token in self._eos):
+                asked.append((seq, (t.token, t.logprobs, seq.sampling.top_logprobs)))
         if asked:
             for (seq, _), lp in zip(asked, read_logprobs([a[1] for a in asked], self.token_bytes)):
                 seq.logprobs.append(lp)
@@ -513,16 +507,18 @@ class Scheduler:
             if seq.final_state is None:
                 self._retired[seq.uid] = seq  # stopped by a stop string: state comes with its removal
             else:
-                self._commit(seq, *seq.final_state)
+                self._commit(seq, seq.final_state)
         else:
-            self._commit(seq, None, None)  # aborted or failed: nothing is committed
+            self._commit(seq, None)  # aborted or failed: nothing is committed
         out = seq.final(reason, content, reasoning, error=error)  # type: ignore[arg-type]
         if out.finish_reason is not None:  # the request is over (its last choice, with n > 1)
             self._by_id.pop(seq.request_id, None)
             self.counters.finished += 1
         return out
 
-    def _commit(self, seq: Sequence, tokens: list[int] | None, cache: list | None) -> None:
+    def _commit(self, seq: Sequence, state: KVState | None) -> None:
+        """Hand a finished sequence's KV to the prompt cache (None: nothing to keep)."""
+        tokens, cache = (state.tokens, state.cache) if state is not None else (None, None)
         if self.kv is not None and seq.plan is not None:
             self.kv.finish(seq.plan, tokens, cache, hashes=list(seq.prompt.message_hashes), boundaries=[seq.prompt.system_tokens])
 

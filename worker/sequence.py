@@ -8,7 +8,9 @@ from typing import Any
 
 from protocol.messages import CacheInfo, ChatRequest, ErrorInfo, FinishReason, RequestOutput, TokenLogprob, Usage
 
+from .batch import KVState
 from .generation_config import Sampling
+from .kv.manager import Plan
 from .prompt import Prompt
 from .text_stream import TextStream
 
@@ -23,7 +25,7 @@ class Sequence:
     text: TextStream
     max_tokens: int
     cache: CacheInfo
-    uid: int = -1  # BatchGenerator uid once inserted
+    uid: int = -1  # its id in the running batch (worker/batch.py) once inserted
     kv_length: int = 0  # prompt tokens in its KV so far (cached + prefilled)
     arrived: float = field(default_factory=time.perf_counter)
     prefill_started: float | None = None
@@ -32,10 +34,10 @@ class Sequence:
     completion_tokens: int = 0
     started_sent: bool = False
     finished: bool = False
-    plan: Any = None  # the prompt-cache plan (worker.kv.manager.Plan)
+    plan: Plan | None = None  # the prompt-cache plan; None without a prompt cache
     constraint: Any = None  # a grammar.GrammarProcessor when the output must follow a grammar
     logprobs: list[TokenLogprob] = field(default_factory=list)  # read, not yet sent
-    final_state: tuple[list[int], list] | None = None  # (tokens, KV cache) at a normal finish
+    final_state: KVState | None = None  # tokens and KV cache at a normal finish
     choice: int = 0  # which of the request's n choices
     choices: Any = None  # choices.Choices when n > 1
 

@@ -1,7 +1,7 @@
 """The vision decode path against mlx-vlm's own forward pass, in process.
 
 A vision sequence is prefilled here (vision tower, chunked prompt, keys
-re-rotated by -rope_delta) and then decoded in mlx-lm's BatchGenerator next
+re-rotated by -rope_delta) and then decoded in the worker's batch (worker/batch.py) next
 to a text sequence. Its log-probabilities must equal those of mlx-vlm's
 full, uncached forward pass over the same tokens — and must not without
 the re-rotation (so the test can tell).
@@ -49,8 +49,7 @@ def _reference(model, inputs, tokens):
 
 
 def _batched(model, processor, inputs, *, rerotate: bool, chunk: int):
-    from mlx_lm.generate import BatchGenerator
-
+    from worker.batch import Batch, SequenceSpec
     from worker.vision.batch_model import BatchView
     from worker.vision.prefill import VisionPrefiller
 
@@ -63,15 +62,15 @@ def _batched(model, processor, inputs, *, rerotate: bool, chunk: int):
     while not pre.step(job, chunk):
         pass
     cache, last = pre.finish(job)
-    gen = BatchGenerator(view, stop_tokens=[[-1]], completion_batch_size=4, prefill_batch_size=4)  # type: ignore[arg-type]  # a duck-typed model
+    gen = Batch(view, eos_token_ids=[], max_running=4, prefill_chunk=2048)
     text = processor.tokenizer.apply_chat_template([{"role": "user", "content": "Hello there"}], tokenize=False,
                                                    add_generation_prompt=True)
-    gen.insert([processor.tokenizer.encode(text)], max_tokens=[STEPS])  # a text neighbour in the batch
-    (uid,) = gen.insert([[last]], max_tokens=[STEPS], caches=[cache])
+    gen.add(SequenceSpec(processor.tokenizer.encode(text), max_tokens=STEPS))  # a text neighbour in the batch
+    uid = gen.add(SequenceSpec([last], max_tokens=STEPS, cache=cache))
     tokens: list[int] = []
     logprobs = []
     while len(tokens) < STEPS:
-        for r in gen.next()[1]:
+        for r in gen.step().tokens:
             if r.uid == uid:
                 tokens.append(r.token)
                 logprobs.append(r.logprobs)

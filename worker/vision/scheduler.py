@@ -3,7 +3,7 @@ requests through three extra stages before they join the same batch.
 
     admit ──▶ media thread (decode, processor) ──▶ vision tower (sliced,
     one slice per loop turn) ──▶ prompt prefill (one chunk per loop turn)
-    ──▶ the shared BatchGenerator (decode batched with text)
+    ──▶ the shared batch (worker/batch.py; decode batched with text)
 
 A request with no media part takes the base ``Scheduler`` path unchanged,
 prompt caching included. A vision request reports its cache as
