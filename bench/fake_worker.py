@@ -57,7 +57,7 @@ def serve(bind: str, step_rate: float, name: str) -> None:
     sock.bind(bind)
     info = WorkerInfo(
         protocol_version=PROTOCOL_VERSION, worker_id=name, model_id="fake", created=int(time.time()),
-        context_length=1 << 20, capabilities=["chat"], tokenizer_hash="fake", max_running=100_000, max_queued=100_000,
+        context_length=1 << 20, capabilities=["chat"], max_running=100_000, max_queued=100_000,
     )
     seqs: dict[str, _Seq] = {}
     steps = 0

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -26,9 +24,6 @@ def create_app(config: GatewayConfig) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await pool.start()
-        deadline = time.monotonic() + config.startup_wait
-        while not pool.ready and time.monotonic() < deadline:
-            await asyncio.sleep(0.1)
         log.info("gateway %s up; workers: %s", pool.gateway_id, ", ".join(w.address for w in pool.workers))
         yield
         await pool.close()

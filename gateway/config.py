@@ -32,7 +32,6 @@ class GatewayConfig:
     conversation_auto_id: bool = True
     request_timeout: float | None = 600.0  # seconds a request may run at all
     keep_alive_seconds: float = 15.0  # SSE comment interval while nothing else is sent
-    startup_wait: float = 0.0  # seconds to wait for a worker before serving
     # Backpressure and routing (docs/pool.md).
     max_queued_requests: int = 0  # per worker; 0: the worker's own --max-queued
     max_queued_tokens: int = 65536  # per worker, prompt tokens not yet prefilled; 0: no limit

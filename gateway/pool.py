@@ -145,9 +145,6 @@ class WorkerPool:
             raise NoWorkerAvailable(f"no worker for model {model_id} is ready ({self._why_none(model_id)})")
         return workers[rendezvous_order(conversation_id, [w.worker_id for w in workers])[0]], model_id
 
-    def by_id(self, worker_id: str) -> WorkerClient | None:
-        return next((w for w in self.workers if w.worker_id == worker_id), None)
-
     def _why_none(self, model_id: str | None = None) -> str:
         ws = [w for w in self.workers if model_id is None or (w.state.info and w.state.info.model_id == model_id)]
         return "; ".join(f"{w.address}: {w.state.reason}" for w in ws) or "none configured"

@@ -18,6 +18,7 @@ import logging
 import time
 from typing import Any
 
+import msgspec
 from fastapi import Request
 
 from protocol.messages import ChatRequest, RequestOutput, Usage
@@ -50,7 +51,7 @@ class RequestLog:
                 "conversation_id": wire.conversation_id,
                 "worker": worker_id,
                 "model": model,
-                "messages": wire.messages,
+                "messages": msgspec.to_builtins(wire.messages),
                 "sampling": {f: getattr(wire.sampling, f) for f in wire.sampling.__struct_fields__},
                 "tools": wire.tools,
             })

@@ -23,7 +23,6 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
-import msgspec
 import zmq
 import zmq.asyncio
 from zmq.utils.monitor import recv_monitor_message
@@ -185,16 +184,9 @@ class WorkerClient:
         if self._streams.pop(request_id, None) is not None:
             self.state.inflight -= 1
 
-    async def abort(self, request_id: str) -> None:
-        """Ask the worker to stop a request; safe to call for finished ones."""
-        self.release(request_id)
-        try:
-            await self._send(Abort(request_ids=[request_id]))
-        except WorkerUnavailable:
-            pass
-
     def abort_nowait(self, request_id: str) -> None:
-        """``abort`` for code that must not await (a cancelled response task)."""
+        """Ask the worker to stop a request, without waiting (callable from a
+        cancelled response task); safe to call for finished ones."""
         self.release(request_id)
         if self._sock is None or not self.state.ready:
             return
@@ -309,8 +301,8 @@ class WorkerClient:
                 reply = await self.call("ping", timeout=self.ping_timeout)
                 # Workers report load with every step's outputs; the ping
                 # refreshes it when this gateway has nothing running there.
-                if isinstance(reply.result.get("load"), dict):
-                    self.state.load = msgspec.convert(reply.result["load"], WorkerLoad)
+                if reply.load is not None:
+                    self.state.load = reply.load
             except WorkerUnavailable:
                 if time.monotonic() - self.state.last_seen >= self.ping_timeout:
                     self._mark_down("worker stopped answering pings")

@@ -15,8 +15,10 @@ from typing import Any, Literal
 
 import msgspec
 
+from .chat import ChatMessage
+
 # Bump on any incompatible change; the gateway refuses workers that differ.
-PROTOCOL_VERSION = 3  # 3: unset sampling fields travel as None; tool calls, typed logprobs, choices
+PROTOCOL_VERSION = 4  # 3: unset sampling fields travel as None, tool calls, typed logprobs, choices; 4: typed chat messages, typed ping load
 
 
 class _Msg(msgspec.Struct, tag_field="type", forbid_unknown_fields=False, omit_defaults=True):
@@ -78,14 +80,14 @@ class ResponseFormat(msgspec.Struct, frozen=True, omit_defaults=True):
 
 
 class ChatRequest(_Msg, tag="chat"):
-    """One generation. ``messages`` are OpenAI message dicts, already
-    validated by the gateway, rendered with the model's chat template; media
-    parts carry data URLs only. With ``prompt`` instead (``messages`` empty)
+    """One generation. ``messages`` (protocol/chat.py), already validated by
+    the gateway, are rendered with the model's chat template; media parts
+    carry data URLs only. With ``prompt`` instead (``messages`` empty)
     the text or token ids are the model's input as they are (legacy
     completions): no template, and no ``<think>`` split of the output."""
 
     request_id: str
-    messages: list[dict[str, Any]]
+    messages: list[ChatMessage]
     sampling: SamplingParams
     prompt: str | list[int] | None = None
     suffix: str | None = None  # with a text ``prompt``: fill in the middle (models with FIM tokens)
@@ -135,7 +137,6 @@ class WorkerInfo(_Msg, tag="worker_info"):
     created: int  # worker start, epoch seconds (used as /v1/models `created`)
     context_length: int
     capabilities: list[str]  # e.g. ["chat", "vision"]
-    tokenizer_hash: str  # sha256 over tokenizer + chat template
     max_running: int = 0
     max_queued: int = 0
 
@@ -147,10 +148,17 @@ class WorkerLoad(msgspec.Struct, omit_defaults=True):
     steps: int = 0  # monotonically increasing: a moving counter means alive
 
 
+# How a request's prompt met the prompt cache (the X-Conv-KV header):
+# fresh (new conversation), hit (its cached prefix reused), snapshot (an
+# earlier saved state reused), reset (asked to start over), none (nothing
+# reusable), disabled (no prompt cache for this request or worker).
+CacheMode = Literal["fresh", "hit", "snapshot", "reset", "none", "disabled"]
+
+
 class CacheInfo(msgspec.Struct, omit_defaults=True):
     """The worker's cache decision for a request (becomes X-Conv-* headers)."""
 
-    mode: str = "none"  # fresh|hit|snapshot|reset|none|disabled
+    mode: CacheMode = "none"
     cached_tokens: int = 0
     processing_tokens: int = 0
 
@@ -248,6 +256,9 @@ class ControlReply(_Msg, tag="control_reply"):
     ok: bool = True
     result: dict[str, Any] = {}
     error: ErrorInfo | None = None
+    # Set on ``ping`` replies: gateways with nothing running on this worker
+    # still learn its load (other gateways' requests) for routing.
+    load: WorkerLoad | None = None
 
 
 class GoingAway(_Msg, tag="going_away"):

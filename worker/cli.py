@@ -12,7 +12,7 @@ import sys
 import time
 from typing import TYPE_CHECKING, Any
 
-from protocol.messages import PROTOCOL_VERSION, Abort, GoingAway, WorkerInfo
+from protocol.messages import PROTOCOL_VERSION, GoingAway, WorkerInfo
 
 from .log_format import LOG_FORMATS, adopt_library_loggers, configure_logging
 from .vision.options import add_vision_arguments, vision_scheduler
@@ -191,7 +191,7 @@ def serve(args: argparse.Namespace, loaded: LoadedModel) -> None:
     sys.setswitchinterval(0.0005)
     from .engine import Engine
     from .scheduler import Scheduler, SchedulerLimits
-    from .transport import Incoming, Transport
+    from .transport import InboxItem, Transport, Wake
     from .watchdog import Watchdog
 
     limits = SchedulerLimits(
@@ -223,15 +223,14 @@ def serve(args: argparse.Namespace, loaded: LoadedModel) -> None:
         created=int(time.time()),
         context_length=loaded.context_length,
         capabilities=["chat"] + (["vision"] if loaded.is_vision else []),
-        tokenizer_hash=tokenizer_hash,
         max_running=args.max_running,
         max_queued=args.max_queued,
     )
-    inbox: queue.Queue = queue.Queue()
+    inbox: queue.Queue[InboxItem] = queue.Queue()
     transport = Transport(args.bind, info, inbox)
     engine = Engine(scheduler, transport, inbox)
     # The prompt (and media) threads wake an idle compute loop when a job is done.
-    scheduler.set_wake(lambda: inbox.put(Incoming(b"", Abort(request_ids=[]))))
+    scheduler.set_wake(lambda: inbox.put(Wake("job done")))
     transport.start()
     log.info("worker %s serving %s on %s", info.worker_id, info.model_id, transport.endpoint)
 

@@ -14,8 +14,6 @@ from collections import defaultdict
 from collections.abc import Callable
 from typing import Any
 
-import msgspec
-
 from protocol.messages import (
     Abort,
     ChatRequest,
@@ -32,7 +30,7 @@ from .kv.manager import ControlError
 from .scheduler import Scheduler
 from .sequence import rejection
 from .tokenize_calls import detokenize, tokenize
-from .transport import GatewayGone, Incoming, Transport
+from .transport import GatewayGone, InboxItem, Transport, Wake
 from .watchdog import LoopStalled, Progress
 
 log = logging.getLogger("kmlx.worker.engine")
@@ -41,7 +39,7 @@ ControlHandler = Callable[[dict[str, Any]], dict[str, Any]]
 
 
 class Engine:
-    def __init__(self, scheduler: Scheduler, transport: Transport, inbox: queue.Queue[Incoming | GatewayGone | LoopStalled]):
+    def __init__(self, scheduler: Scheduler, transport: Transport, inbox: queue.Queue[InboxItem]):
         self.scheduler = scheduler
         self.transport = transport
         self.inbox = inbox
@@ -53,9 +51,7 @@ class Engine:
         self._owner: dict[str, bytes] = {}  # request id -> gateway
         # Whitelisted control calls; later features register theirs here.
         self.controls: dict[str, ControlHandler] = {
-            # ping carries the load too: gateways with nothing running here
-            # still learn it (others' requests) for routing.
-            "ping": lambda _args: {"pong": True, "steps": self.scheduler.counters.steps, "load": msgspec.to_builtins(self._load())},
+            "ping": lambda _args: {},  # answered by this loop: proof it runs; the reply carries the load
             "stats": lambda _args: self.stats(),
             "tokenize": lambda args: tokenize(self.scheduler, args),
             "detokenize": lambda args: detokenize(self.scheduler, args),
@@ -91,10 +87,9 @@ class Engine:
         """Called from the watchdog thread: finish running work first if ``drain``."""
         if drain:
             self._draining = True
-            self.inbox.put(Incoming(b"", Abort(request_ids=[])))  # wake the loop
         else:
             self._stop = True
-            self.inbox.put(Incoming(b"", Abort(request_ids=[])))
+        self.inbox.put(Wake("stop"))
 
     @property
     def draining(self) -> bool:
@@ -142,7 +137,9 @@ class Engine:
             except queue.Empty:
                 return
 
-    def _handle(self, item: Incoming | GatewayGone | LoopStalled) -> None:
+    def _handle(self, item: InboxItem) -> None:
+        if isinstance(item, Wake):
+            return  # its work (stop, finished jobs) is picked up by the loop itself
         if isinstance(item, LoopStalled):
             # The watchdog told the gateways, which failed these requests
             # already; finish them here too (their outputs are ignored).
@@ -194,7 +191,10 @@ class Engine:
         if handler is None:
             return ControlReply(call.call_id, ok=False, error=ErrorInfo(f"unknown control call {call.method}", status=404))
         try:
-            return ControlReply(call.call_id, result=handler(call.args))
+            reply = ControlReply(call.call_id, result=handler(call.args))
+            if call.method == "ping":
+                reply.load = self._load()
+            return reply
         except ControlError as exc:
             return ControlReply(call.call_id, ok=False, error=ErrorInfo(str(exc), code=exc.code, status=exc.status))
         except LookupError as exc:

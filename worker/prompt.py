@@ -8,6 +8,8 @@ import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from protocol.chat import ChatMessage, ContentPart, TextPart, template_dict
+
 from .text_stream import THINK_OPEN
 
 if TYPE_CHECKING:
@@ -32,7 +34,7 @@ class Prompt:
     last_message_end: int = 0  # where the generation prompt starts (0: not asked for, or not found)
 
 
-def _text_of(content: Any, *, model_id: str, index: int) -> str:
+def _text_of(content: str | list[ContentPart] | None, *, model_id: str, index: int) -> str:
     """Flatten OpenAI content (a string or a list of parts) for a text model."""
     if content is None:
         return ""
@@ -40,10 +42,9 @@ def _text_of(content: Any, *, model_id: str, index: int) -> str:
         return content
     texts: list[str] = []
     for part in content:
-        kind = part.get("type")
-        if kind == "text":
-            texts.append(part.get("text", ""))
-        elif kind in ("image_url", "input_image", "video_url"):
+        if isinstance(part, TextPart):
+            texts.append(part.text)
+        else:
             raise PromptError(
                 f"model {model_id} does not accept images or video (messages[{index}])",
                 param=f"messages[{index}].content",
@@ -52,17 +53,9 @@ def _text_of(content: Any, *, model_id: str, index: int) -> str:
     return "\n".join(texts)
 
 
-def normalise_messages(messages: list[dict[str, Any]], *, model_id: str) -> list[dict[str, Any]]:
+def normalise_messages(messages: list[ChatMessage], *, model_id: str) -> list[dict[str, Any]]:
     """What the template sees: string contents, and ``developer`` as ``system``."""
-    out: list[dict[str, Any]] = []
-    for i, m in enumerate(messages):
-        role = "system" if m["role"] == "developer" else m["role"]
-        msg: dict[str, Any] = {"role": role, "content": _text_of(m.get("content"), model_id=model_id, index=i)}
-        for key in ("name", "tool_calls", "tool_call_id"):
-            if m.get(key) is not None:
-                msg[key] = m[key]
-        out.append(msg)
-    return out
+    return [template_dict(m, _text_of(m.content, model_id=model_id, index=i)) for i, m in enumerate(messages)]
 
 
 def template_source(tokenizer: Any) -> str:
@@ -139,7 +132,7 @@ def _apply_template(
 
 def render_prompt(
     tokenizer: Any,
-    messages: list[dict[str, Any]],
+    messages: list[ChatMessage],
     *,
     model_id: str,
     tools: ToolPlan | None = None,

@@ -27,13 +27,15 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
+import msgspec
+
+from protocol.chat import TextPart
 from protocol.messages import ChatRequest, ErrorInfo
 
 from .job_thread import Done, JobThread
 
 log = logging.getLogger("kmlx.worker.prompt")
 
-_MEDIA_PARTS = ("image_url", "input_image", "video_url")
 NORMALIZER_SLACK = 2  # a normalizer may merge characters (NFKC, collapsed spaces)
 INLINE_CHARS = 8192  # rendered on the compute loop up to this size (~2k tokens, a few ms)
 
@@ -54,12 +56,11 @@ def text_chars(req: ChatRequest) -> int:
         return len(req.prompt) + len(req.suffix or "")
     total = _strings([req.tools, req.chat_template_kwargs])
     for m in req.messages:
-        content = m.get("content")
-        if isinstance(content, str):
-            total += len(content)
-        elif isinstance(content, list):
-            total += _strings([p for p in content if not (isinstance(p, dict) and p.get("type") in _MEDIA_PARTS)])
-        total += _strings([v for k, v in m.items() if k != "content"])
+        if isinstance(m.content, str):
+            total += len(m.content)
+        elif isinstance(m.content, list):
+            total += sum(len(p.text) for p in m.content if isinstance(p, TextPart))
+        total += _strings([m.role, m.name, m.tool_call_id, msgspec.to_builtins(m.tool_calls)])
     return total
 
 

@@ -26,6 +26,8 @@ import zmq
 from protocol import codec
 from protocol.messages import PROTOCOL_VERSION, GoingAway, Hello, WorkerInfo
 
+from .watchdog import LoopStalled
+
 log = logging.getLogger("kmlx.worker.transport")
 
 
@@ -40,8 +42,19 @@ class Incoming:
     message: msgspec.Struct
 
 
+@dataclass(frozen=True)
+class Wake:
+    """Wakes a compute loop blocked on an empty inbox; carries nothing
+    (shutdown was asked for, or the media thread has a result)."""
+
+    why: str
+
+
+InboxItem = Incoming | GatewayGone | Wake | LoopStalled  # LoopStalled: from the watchdog thread
+
+
 class Transport:
-    def __init__(self, bind: str, info: WorkerInfo, inbox: queue.Queue[Incoming | GatewayGone]):
+    def __init__(self, bind: str, info: WorkerInfo, inbox: queue.Queue[InboxItem]):
         self.bind = bind
         self.info = info
         self.inbox = inbox

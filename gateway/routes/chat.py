@@ -7,15 +7,20 @@ is shared with the APIs that translate their requests into a chat request
 
 from __future__ import annotations
 
+from typing import Any
+
+import msgspec
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
+from protocol.chat import ChatMessage, chat_messages
 from protocol.messages import ChatRequest
 
 from ..chat_format import ChatReply
 from ..config import GatewayConfig
 from ..conversation import resolve_conversation_id
 from ..dispatch import Generation, generate, new_request_id, refuse_if_draining, request_deadline
+from ..errors import APIError
 from ..limits import check_request_limits
 from ..media import wire_messages_with_media
 from ..schemas import ChatCompletionRequest, parse_chat_request
@@ -45,7 +50,7 @@ async def chat_wire(
     messages = await wire_messages_with_media(request.app.state.pool, body, config, names=names)
     return ChatRequest(
         request_id=request_id,
-        messages=messages,
+        messages=_typed(messages),
         sampling=body.sampling(),
         strip_thinking=config.strip_thinking if body.strip_thinking is None else body.strip_thinking,
         conversation_id=resolve_conversation_id(body, request, auto_id=config.conversation_auto_id),
@@ -53,3 +58,10 @@ async def chat_wire(
         deadline=request_deadline(request),
         **body.agent_fields(),
     )
+
+
+def _typed(messages: list[dict[str, Any]]) -> list[ChatMessage]:
+    try:
+        return chat_messages(messages)
+    except msgspec.ValidationError as exc:  # schemas.py admits only what fits; a 400 all the same
+        raise APIError(400, f"messages: {exc}", param="messages", code="invalid_value") from None

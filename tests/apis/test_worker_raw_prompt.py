@@ -8,6 +8,7 @@ from types import SimpleNamespace
 
 import pytest
 
+from protocol.chat import ChatMessage
 from protocol.messages import ChatRequest, SamplingParams
 from worker.prompt import PromptError
 from worker.raw_prompt import fim_tokens, render_raw
@@ -68,7 +69,7 @@ def test_suffix_without_fim_tokens_is_refused_naming_suffix(scheduler):
 
 
 def test_max_tokens_zero_reports_the_prompt_size_and_computes_nothing(scheduler, loaded):
-    chat = ChatRequest(request_id="c0", messages=[{"role": "user", "content": "Hi there"}], sampling=SamplingParams(max_tokens=0))
+    chat = ChatRequest(request_id="c0", messages=[ChatMessage(role="user", content="Hi there")], sampling=SamplingParams(max_tokens=0))
     out = scheduler.admit(b"c", chat)
     assert out.finish_reason == "length" and out.usage.prompt_tokens == out.prompt_tokens > 5
     assert out.usage.completion_tokens == 0 and not scheduler.has_work

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from protocol.chat import chat_messages
 from protocol.messages import ChatRequest, RequestOutput, SamplingParams
 from worker.kv.conversations import ConversationLimits
 from worker.kv.manager import KVConfig, PromptCacheManager
@@ -30,7 +31,7 @@ def make_scheduler(loaded: Any, kv: PromptCacheManager | None, **limits: Any) ->
 
 def request(rid: str, messages: list[dict], *, max_tokens: int = 8, conversation: str | None = None, **extra: Any) -> ChatRequest:
     return ChatRequest(
-        request_id=rid, messages=messages, sampling=SamplingParams(max_tokens=max_tokens, temperature=0.0),
+        request_id=rid, messages=chat_messages(messages), sampling=SamplingParams(max_tokens=max_tokens, temperature=0.0),
         conversation_id=conversation, **extra,
     )
 

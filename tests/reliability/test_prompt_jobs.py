@@ -8,6 +8,7 @@ import time
 
 import pytest
 
+from protocol.chat import ChatMessage
 from protocol.messages import ChatRequest, SamplingParams
 from worker.prompt_jobs import INLINE_CHARS, longest_token_chars, text_chars
 from worker.scheduler import Scheduler, SchedulerLimits
@@ -30,7 +31,7 @@ def scheduler(loaded):
 
 def ask(rid: str, text: str, **sampling) -> ChatRequest:
     params = {"temperature": 0.0, "max_tokens": 4, **sampling}
-    return ChatRequest(rid, [{"role": "user", "content": text}], SamplingParams(**params))
+    return ChatRequest(rid, [ChatMessage(role="user", content=text)], SamplingParams(**params))
 
 
 def wait_for_output(s: Scheduler, rid: str, timeout: float = 120.0) -> list:

@@ -6,6 +6,7 @@ import msgspec
 import pytest
 
 from protocol import codec
+from protocol.chat import ChatMessage, ImagePart, MediaURL, TextPart
 from protocol.messages import (
     Abort,
     CacheInfo,
@@ -26,7 +27,7 @@ from protocol.messages import (
 def test_requests_round_trip():
     req = ChatRequest(
         request_id="r1",
-        messages=[{"role": "user", "content": [{"type": "text", "text": "hi ünïcode"}]}],
+        messages=[ChatMessage(role="user", content=[TextPart("hi ünïcode"), ImagePart(MediaURL("data:image/png;base64,AA"))])],
         sampling=SamplingParams(max_tokens=5, temperature=0.0, stop=["\n"], seed=3),
         conversation_id="c",
     )
@@ -43,7 +44,7 @@ def test_outputs_round_trip():
         ],
         load=WorkerLoad(running=2, steps=9),
     )
-    info = WorkerInfo(1, "w", "m", 123, 2048, ["chat"], "abc")
+    info = WorkerInfo(1, "w", "m", 123, 2048, ["chat"])
     for msg in (out, info, GoingAway("w", "bye")):
         assert codec.decode_from_worker(codec.encode(msg)) == msg
 

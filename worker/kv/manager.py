@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from protocol.messages import CacheInfo, ChatRequest
+from protocol.messages import CacheInfo, CacheMode, ChatRequest
 
 from . import files
 from .conversations import Conversation, ConversationLimits, ConversationStore
@@ -139,7 +139,7 @@ class PromptCacheManager:
         return self.tree.lookup(prompt, len(prompt) - 1, record=False).usable
 
     @staticmethod
-    def _mode(conv_id: str | None, conv: Conversation | None, match: Match) -> str:
+    def _mode(conv_id: str | None, conv: Conversation | None, match: Match) -> CacheMode:
         """The X-Conv-KV value (docs/prompt-caching.md has the table)."""
         if conv_id is not None and conv is None:
             return "fresh"

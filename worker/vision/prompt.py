@@ -13,14 +13,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from protocol.chat import ChatMessage, ImagePart, TextPart, media_url, template_dict
+
 from ..prompt import PromptError, render_chat_text
 from ..text_stream import THINK_OPEN
 from .media import MediaError, MediaLimits, data_url_bytes, load_image, load_video_frames
 
 if TYPE_CHECKING:
     from ..tool_format import ToolPlan
-
-MEDIA_KINDS = ("image_url", "input_image", "video_url")
 
 
 @dataclass
@@ -42,60 +42,39 @@ class VisionPrompt:
     images: int  # images fed to the model (video frames included)
 
 
-def has_media(messages: list[dict[str, Any]]) -> bool:
-    for m in messages:
-        content = m.get("content")
-        if isinstance(content, list) and any(isinstance(p, dict) and p.get("type") in MEDIA_KINDS for p in content):
-            return True
-    return False
-
-
-def _url_of(part: dict[str, Any]) -> str:
-    ref = part.get(part["type"])
-    if isinstance(ref, dict):
-        return str(ref.get("url", ""))
-    return str(ref or "")
-
-
 def _chat_and_images(
-    messages: list[dict[str, Any]], limits: MediaLimits
+    messages: list[ChatMessage], limits: MediaLimits
 ) -> tuple[list[dict[str, Any]], list[Any]]:
     """Template-ready messages (media parts -> ``{"type": "image"}``) and the
     decoded images in prompt order."""
     chat: list[dict[str, Any]] = []
     images: list[Any] = []
     for i, m in enumerate(messages):
-        role = "system" if m["role"] == "developer" else m["role"]
-        content = m.get("content")
+        content: Any = m.content
         if isinstance(content, list):
             parts: list[dict[str, Any]] = []
             for j, part in enumerate(content):
-                kind = part.get("type")
                 param = f"messages[{i}].content[{j}]"
-                if kind == "text":
-                    parts.append({"type": "text", "text": part.get("text", "")})
-                elif kind in ("image_url", "input_image"):
-                    images.append(load_image(data_url_bytes(_url_of(part), param=param), limits, param=param))
+                if isinstance(part, TextPart):
+                    parts.append({"type": "text", "text": part.text})
+                elif isinstance(part, ImagePart):
+                    images.append(load_image(data_url_bytes(media_url(part), param=param), limits, param=param))
                     parts.append({"type": "image"})
-                elif kind == "video_url":
-                    frames = load_video_frames(data_url_bytes(_url_of(part), param=param), limits, param=param)
+                else:
+                    frames = load_video_frames(data_url_bytes(media_url(part), param=param), limits, param=param)
                     images.extend(frames)
                     parts.extend({"type": "image"} for _ in frames)
             if not any(p["type"] == "image" for p in parts):
                 content = "\n".join(p["text"] for p in parts)  # text-only: plain string, as text models see it
             else:
                 content = parts
-        msg: dict[str, Any] = {"role": role, "content": content if content is not None else ""}
-        for key in ("name", "tool_calls", "tool_call_id"):
-            if m.get(key) is not None:
-                msg[key] = m[key]
-        chat.append(msg)
+        chat.append(template_dict(m, content if content is not None else ""))
     return chat, images
 
 
 def prepare_media(
     tokenizer: Any,
-    messages: list[dict[str, Any]],
+    messages: list[ChatMessage],
     limits: MediaLimits,
     *,
     tools: ToolPlan | None = None,
@@ -133,4 +112,4 @@ def tokenize(processor: Any, prepared: PreparedMedia) -> VisionPrompt:
     )
 
 
-__all__ = ["MediaError", "PreparedMedia", "PromptError", "VisionPrompt", "has_media", "prepare_media", "tokenize"]
+__all__ = ["MediaError", "PreparedMedia", "PromptError", "VisionPrompt", "prepare_media", "tokenize"]

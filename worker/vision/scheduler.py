@@ -19,6 +19,7 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
+from protocol.chat import has_media
 from protocol.messages import CacheInfo, ChatRequest, ErrorInfo, RequestOutput
 
 from ..grammar import GrammarError
@@ -30,7 +31,7 @@ from .batch_model import BatchView
 from .media import MediaError, MediaLimits
 from .media_thread import MediaThread
 from .prefill import PrefillJob, VisionPrefiller
-from .prompt import has_media, prepare_media, tokenize
+from .prompt import prepare_media, tokenize
 from .sliced_encoder import SlicedEncoder
 from .sliced_encoder import supports as _supports_tower
 
