@@ -8,6 +8,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from protocol.messages import DEFAULT_WORKER_ENDPOINT
+
 from .media import MediaConfig
 from .ops_config import OpsConfig
 from .response_store import ResponseStoreConfig
@@ -22,9 +24,16 @@ class WorkerSpec:
     max_queued_tokens: int | None = None
 
 
+DEFAULT_WORKER = DEFAULT_WORKER_ENDPOINT  # a worker's default --bind
+
+
 @dataclass
 class GatewayConfig:
-    workers: list[str] = field(default_factory=lambda: ["tcp://127.0.0.1:5555"])
+    """Every gateway setting and its default: ``kmlx-gateway``'s flags take
+    their defaults from here (cli.py), and tests/docs checks that the docs
+    quote the same ones."""
+
+    workers: list[str] = field(default_factory=lambda: [DEFAULT_WORKER])
     worker_specs: list[WorkerSpec] = field(default_factory=list)  # from a workers file; wins over ``workers``
     host: str = "0.0.0.0"
     port: int = 18000
@@ -36,8 +45,10 @@ class GatewayConfig:
     max_queued_requests: int = 0  # per worker; 0: the worker's own --max-queued
     max_queued_tokens: int = 65536  # per worker, prompt tokens not yet prefilled; 0: no limit
     spill_factor: float = 1.5  # a conversation leaves its worker only past this multiple of the mean load
-    ping_interval: float = 2.0
-    ping_timeout: float = 120.0  # one CPU prefill chunk can take many seconds
+    ping_interval: float = 2.0  # seconds between liveness pings to each worker
+    ping_timeout: float = 120.0  # a worker silent this long is down; one CPU prefill chunk can take many seconds
+    drain_timeout: float = 30.0  # on SIGTERM, seconds running requests may take to finish
+    log_level: str = "INFO"
     ops: OpsConfig = field(default_factory=OpsConfig)  # access, limits, logs (ops_config.py)
     media: MediaConfig = field(default_factory=MediaConfig)  # images and video (media.py)
     responses: ResponseStoreConfig = field(default_factory=ResponseStoreConfig)  # stored /v1/responses (response_store.py)

@@ -40,14 +40,15 @@ class MediaConfig:
 
 
 def add_media_arguments(p: argparse.ArgumentParser) -> None:
+    d = MediaConfig()  # every default comes from here
     g = p.add_argument_group("images and video (docs/vision.md)")
     g.add_argument("--allow-local-media", action="append", dest="allow_local_media", metavar="DIR", default=None,
                    help="let requests name image/video files under DIR on this host (repeatable); default: no local paths")
-    g.add_argument("--media-fetch-timeout", type=float, default=10.0,
+    g.add_argument("--media-fetch-timeout", type=float, default=d.fetch_timeout,
                    help="seconds an http(s) image or video fetch may take in total (400 past it)")
     g.add_argument("--allow-private-media-urls", action="store_true",
                    help="let http(s) media URLs reach loopback and private networks (off: only public addresses)")
-    g.add_argument("--max-image-megapixels", type=float, default=64.0,
+    g.add_argument("--max-image-megapixels", type=float, default=d.max_source_pixels / 1_000_000,
                    help="refuse images larger than this before any decoding (the worker downscales the rest)")
 
 

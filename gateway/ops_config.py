@@ -33,20 +33,22 @@ class OpsConfig:
 
 
 def add_ops_arguments(p: argparse.ArgumentParser) -> None:
+    d = OpsConfig()  # every default comes from here
     a = p.add_argument_group("access and limits (docs/operations.md)")
     a.add_argument("--api-key", action="append", dest="api_keys", metavar="KEY",
                    help=f"require 'Authorization: Bearer KEY' on every endpoint but /health and /metrics "
                         f"(repeatable, for key rotation; env {API_KEY_ENV} also works and keeps the key out of `ps`)")
     a.add_argument("--cors-origin", action="append", dest="cors_origins", metavar="ORIGIN",
                    help="allow browser requests from this origin (repeatable; '*' for any). Default: CORS off")
-    a.add_argument("--max-body-mb", type=float, default=32.0, help="largest request body accepted (413 above); 0: no limit")
-    a.add_argument("--max-messages", type=int, default=1024, help="most messages in one chat request; 0: no limit")
-    a.add_argument("--max-images", type=int, default=16, help="most images and videos in one chat request; 0: no limit")
-    a.add_argument("--max-image-mb", type=float, default=20.0, help="largest decoded data-URL image or video (413 above); 0: no limit")
+    a.add_argument("--max-body-mb", type=float, default=d.max_body_bytes / MIB, help="largest request body accepted (413 above); 0: no limit")
+    a.add_argument("--max-messages", type=int, default=d.max_messages, help="most messages in one chat request; 0: no limit")
+    a.add_argument("--max-images", type=int, default=d.max_images, help="most images and videos in one chat request; 0: no limit")
+    a.add_argument("--max-image-mb", type=float, default=d.max_image_bytes / MIB,
+                   help="largest decoded data-URL image or video (413 above); 0: no limit")
     g = p.add_argument_group("logs (docs/operations.md)")
-    g.add_argument("--log-format", choices=LOG_FORMATS, default="text",
+    g.add_argument("--log-format", choices=LOG_FORMATS, default=d.log_format,
                    help="text for people; json for one JSON object per line (log shippers)")
-    g.add_argument("--trace-requests-path", metavar="FILE", default=None,
+    g.add_argument("--trace-requests-path", metavar="FILE", default=d.trace_requests_path,
                    help="append every request's messages and answer to this JSONL file (contains prompt text; off by default)")
 
 

@@ -32,9 +32,9 @@ class WorkerPool:
         workers: Iterable[str | WorkerSpec],
         *,
         default_limits: QueueLimits | None = None,
-        spill_factor: float = 1.5,
-        ping_interval: float = 2.0,
-        ping_timeout: float = 30.0,
+        spill_factor: float = GatewayConfig.spill_factor,
+        ping_interval: float = GatewayConfig.ping_interval,
+        ping_timeout: float = GatewayConfig.ping_timeout,
     ):
         self.gateway_id = new_gateway_id()
         self.spill_factor = spill_factor

@@ -44,6 +44,7 @@ from protocol.messages import (
     WorkerLoad,
 )
 
+from .config import GatewayConfig
 from .output_stream import OutputStream
 
 log = logging.getLogger("kmlx.gateway.worker")
@@ -68,8 +69,8 @@ class QueueLimits:
     """How much not-yet-running work this gateway lets queue on one worker
     before it answers 503 itself (the worker enforces its own limit too)."""
 
-    max_requests: int = 0  # 0: the worker's own --max-queued, from its WorkerInfo
-    max_tokens: int = 65536  # prompt tokens waiting to be prefilled; 0: no limit
+    max_requests: int = GatewayConfig.max_queued_requests  # 0: the worker's own --max-queued, from its WorkerInfo
+    max_tokens: int = GatewayConfig.max_queued_tokens  # prompt tokens waiting to be prefilled; 0: no limit
 
 
 class WorkerClient:
@@ -79,8 +80,8 @@ class WorkerClient:
         *,
         gateway_id: str,
         limits: QueueLimits | None = None,
-        ping_interval: float = 2.0,
-        ping_timeout: float = 120.0,
+        ping_interval: float = GatewayConfig.ping_interval,
+        ping_timeout: float = GatewayConfig.ping_timeout,
     ):
         self.address = address
         self.gateway_id = gateway_id

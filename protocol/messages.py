@@ -18,6 +18,7 @@ import msgspec
 from .chat import ChatMessage
 
 # Bump on any incompatible change; the gateway refuses workers that differ.
+DEFAULT_WORKER_ENDPOINT = "tcp://127.0.0.1:5555"  # a worker binds it, a gateway dials it, unless told otherwise
 PROTOCOL_VERSION = 4  # 3: unset sampling fields travel as None, tool calls, typed logprobs, choices; 4: typed chat messages, typed ping load
 
 

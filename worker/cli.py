@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from protocol.messages import PROTOCOL_VERSION, GoingAway, WorkerInfo
 
+from .config import DEFAULTS
 from .log_format import LOG_FORMATS, adopt_library_loggers, configure_logging
 from .vision.options import add_vision_arguments, vision_scheduler
 
@@ -22,11 +23,11 @@ if TYPE_CHECKING:  # loading MLX is the worker's first real work, not an import 
     from .kv.manager import PromptCacheManager
     from .models.loaded import LoadedModel
 
-DEFAULT_BIND = "tcp://127.0.0.1:5555"
 log = logging.getLogger("kmlx.worker")
 
 
 def build_parser() -> argparse.ArgumentParser:
+    d = DEFAULTS  # every default comes from worker/config.py
     p = argparse.ArgumentParser(
         prog="kmlx-worker",
         description="Load an MLX model and serve it to kmlx gateways over ZeroMQ.",
@@ -35,24 +36,24 @@ def build_parser() -> argparse.ArgumentParser:
     m = p.add_argument_group("model")
     m.add_argument("-m", "--model", default=None, help="MLX model folder, Hugging Face repo id, .gguf file, or the built-in default")
     m.add_argument("-V", "--vision", action="store_true", default=None, help="force the vision pipeline (otherwise detected)")
-    m.add_argument("--weights", default="auto", help="weight format: auto (fastest for this backend), q4, float32, bfloat16, float16")
+    m.add_argument("--weights", default=d.weights, help="weight format: auto (fastest for this backend), q4, float32, bfloat16, float16")
     n = p.add_argument_group("network")
-    n.add_argument("--bind", default=DEFAULT_BIND, help="ZeroMQ endpoint to bind; loopback by default because the port is a trust boundary")
+    n.add_argument("--bind", default=d.bind, help="ZeroMQ endpoint to bind; loopback by default because the port is a trust boundary")
     n.add_argument("--name", default=None, help="worker id shown to gateways (default: host-pid)")
     s = p.add_argument_group("scheduling")
-    s.add_argument("--max-running", type=int, default=16, help="sequences decoded together in one batch")
-    s.add_argument("--max-queued", type=int, default=64, help="requests waiting for a batch slot before new ones are refused (503)")
+    s.add_argument("--max-running", type=int, default=d.max_running, help="sequences decoded together in one batch")
+    s.add_argument("--max-queued", type=int, default=d.max_queued, help="requests waiting for a batch slot before new ones are refused (503)")
     s.add_argument("--prefill-chunk", type=int, default=None,
                    help="prompt tokens prefilled per step, so long prompts don't stall running streams "
-                        "(default: 512 on a GPU, 128 on the CPU backend, where a step is far slower)")
+                        f"(default: {d.prefill_chunk_gpu} on a GPU, {d.prefill_chunk_cpu} on the CPU backend, where a step is far slower)")
     s.add_argument("--default-max-tokens", type=int, default=None, help="completion budget when a request sets none (default: the rest of the context)")
     s.add_argument("--max-tokens-limit", type=int, default=None, help="cap on any one completion; longer requests end with finish_reason=length")
-    s.add_argument("--drain-timeout", type=float, default=30.0, help="seconds SIGTERM waits for running requests before aborting them")
-    s.add_argument("--stall-timeout", type=float, default=60.0,
+    s.add_argument("--drain-timeout", type=float, default=d.drain_timeout, help="seconds SIGTERM waits for running requests before aborting them")
+    s.add_argument("--stall-timeout", type=float, default=d.stall_timeout,
                    help="a compute loop that makes no progress this long is declared stuck: gateways are told at once "
                         "and fail its requests (0: never; see docs/operations.md)")
     g = p.add_argument_group("sampling defaults", "for fields a request leaves out; the model's generation_config.json comes first")
-    g.add_argument("--generation-config", choices=("auto", "none"), default="auto",
+    g.add_argument("--generation-config", choices=("auto", "none"), default=d.generation_config,
                    help="auto: the model's generation_config.json sets sampling defaults (as in vLLM); none: only the flags below")
     g.add_argument("--default-temperature", type=float, default=None, help="temperature when neither request nor model sets one (else 1.0)")
     g.add_argument("--default-top-p", type=float, default=None, help="top_p fallback (else 1.0)")
@@ -68,27 +69,27 @@ def build_parser() -> argparse.ArgumentParser:
                    help="compiled grammars kept (response_format schemas, forced tool calls), least recently used dropped first")
     c = p.add_argument_group("prompt caching")
     c.add_argument("--disable-kv-cache", action="store_true", help="no conversation or prefix caching at all")
-    c.add_argument("--enable-prefix-caching", action=argparse.BooleanOptionalAction, default=True,
+    c.add_argument("--enable-prefix-caching", action=argparse.BooleanOptionalAction, default=d.enable_prefix_caching,
                    help="keep the system prompt's KV on disk and start new conversations from it")
-    c.add_argument("--prompt-cache-dir", default="./.cache/mlx_prompt_caches/", help="where the system-prefix caches live")
-    c.add_argument("--prompt-cache-disk-max-gb", type=float, default=20.0,
+    c.add_argument("--prompt-cache-dir", default=d.prompt_cache_dir, help="where the system-prefix caches live")
+    c.add_argument("--prompt-cache-disk-max-gb", type=float, default=d.prompt_cache_disk_max_gb,
                    help="disk budget for system-prefix caches (least recently used removed first)")
-    c.add_argument("--conversation-kv-max-tokens", type=int, default=131072, help="tokens kept per cached entry (clamped to the context)")
-    c.add_argument("--conversation-max-convs", type=int, default=64, help="named conversations pinned in the cache (least recently used unpinned first)")
-    c.add_argument("--conversation-ttl-seconds", type=float, default=3600.0, help="idle time after which cached KV is dropped")
-    c.add_argument("--conversation-max-gb", type=float, default=4.0,
+    c.add_argument("--conversation-kv-max-tokens", type=int, default=d.conversation_kv_max_tokens, help="tokens kept per cached entry (clamped to the context)")
+    c.add_argument("--conversation-max-convs", type=int, default=d.conversation_max_convs, help="named conversations pinned in the cache (least recently used unpinned first)")
+    c.add_argument("--conversation-ttl-seconds", type=float, default=d.conversation_ttl_seconds, help="idle time after which cached KV is dropped")
+    c.add_argument("--conversation-max-gb", type=float, default=d.conversation_max_gb,
                    help="memory budget of the prompt cache: every request's cached KV, named conversations included")
-    c.add_argument("--conversation-snapshots", type=int, default=1,
+    c.add_argument("--conversation-snapshots", type=int, default=d.conversation_snapshots,
                    help="earlier checkpoints pinned per conversation, for caches that cannot be cut (sliding windows, SSM layers)")
     c.add_argument("--kv-bits", type=int, choices=(4, 8), default=None,
                    help="store cached KV quantized to 4 or 8 bits (more cached tokens per GB; running requests stay full precision)")
-    c.add_argument("--kv-group-size", type=int, choices=(32, 64, 128), default=64, help="values per quantization scale with --kv-bits")
-    c.add_argument("--conversation-disk-dir", default="./.cache/kmlx_conversations/", help="where saved conversations go")
-    c.add_argument("--conversation-disk-max-gb", type=float, default=200.0, help="disk budget for saved conversations (413 past it)")
+    c.add_argument("--kv-group-size", type=int, choices=(32, 64, 128), default=d.kv_group_size, help="values per quantization scale with --kv-bits")
+    c.add_argument("--conversation-disk-dir", default=d.conversation_disk_dir, help="where saved conversations go")
+    c.add_argument("--conversation-disk-max-gb", type=float, default=d.conversation_disk_max_gb, help="disk budget for saved conversations (413 past it)")
     add_vision_arguments(p)  # --max-image-patches, --video-frames (docs/vision.md)
     o = p.add_argument_group("output")
-    o.add_argument("--log-level", default="INFO")
-    o.add_argument("--log-format", choices=LOG_FORMATS, default="text",
+    o.add_argument("--log-level", default=d.log_level)
+    o.add_argument("--log-format", choices=LOG_FORMATS, default=d.log_format,
                    help="text for people; json for one JSON object per line (each request's line carries its request_id)")
     return p
 
@@ -139,7 +140,7 @@ def main(argv: list[str] | None = None) -> None:
 def _default_prefill_chunk() -> int:
     import mlx.core as mx
 
-    return 512 if mx.default_device() == mx.gpu else 128
+    return DEFAULTS.prefill_chunk_gpu if mx.default_device() == mx.gpu else DEFAULTS.prefill_chunk_cpu
 
 
 def _kv_manager(args: argparse.Namespace, loaded: LoadedModel, tokenizer_hash: str) -> PromptCacheManager | None:
@@ -196,7 +197,7 @@ def serve(args: argparse.Namespace, loaded: LoadedModel) -> None:
 
     limits = SchedulerLimits(
         max_running=args.max_running,
-        max_waiting=args.max_queued,
+        max_queued=args.max_queued,
         prefill_chunk=args.prefill_chunk or _default_prefill_chunk(),
         default_max_tokens=args.default_max_tokens,
         max_tokens_limit=args.max_tokens_limit,

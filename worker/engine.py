@@ -1,4 +1,8 @@
-"""The compute loop: the only code that touches MLX after start-up.
+"""The compute loop: where the model runs after start-up.
+
+Every forward pass and KV operation happens on this thread (a vision
+worker's media thread also uses MLX, for decoding inputs and, optionally,
+the vision tower, on its own stream: worker/vision/media_thread.py).
 
 Each turn of the loop drains the inbox (new requests, aborts, control calls,
 vanished gateways), runs one scheduler step, and sends that step's outputs

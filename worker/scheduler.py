@@ -19,6 +19,7 @@ from protocol.messages import CacheInfo, ChatRequest, ErrorInfo, RequestOutput
 
 from .batch import Batch, KVState, SequenceSpec, Token
 from .choices import Choices, fork_caches
+from .config import DEFAULTS
 from .generation_config import Sampling, SamplingDefaults, build_defaults
 from .grammar import (
     GrammarCompiler,
@@ -46,9 +47,9 @@ log = logging.getLogger("kmlx.worker.scheduler")
 
 @dataclass
 class SchedulerLimits:
-    max_running: int = 16  # sequences decoding together
-    max_waiting: int = 64  # admitted but not yet running
-    prefill_chunk: int = 512  # prompt tokens per step and sequence
+    max_running: int = DEFAULTS.max_running  # sequences decoding together
+    max_queued: int = DEFAULTS.max_queued  # admitted but not yet decoding (--max-queued)
+    prefill_chunk: int = DEFAULTS.prefill_chunk_gpu  # prompt tokens per step and sequence
     default_max_tokens: int | None = None  # None: up to the context length
     max_tokens_limit: int | None = None  # operator's cap on any one completion
 
@@ -154,7 +155,7 @@ class Scheduler:
         prompt is big enough to render on the prompt thread: that output
         then comes from a later ``step``."""
         arrived = time.perf_counter()
-        if self.waiting >= self.limits.max_waiting:
+        if self.waiting >= self.limits.max_queued:
             self.counters.rejected += 1
             return rejection(
                 req.request_id,

@@ -21,16 +21,17 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from ..config import DEFAULTS, GIB
 from .radix import Node, PrefixTree
 
 
 @dataclass
 class ConversationLimits:
-    max_tokens: int = 131072  # per stored entry (clamped to the context length by the worker)
-    max_conversations: int = 64  # named handles kept
-    ttl_seconds: float = 3600.0  # idle time before a handle and its unpinned KV are dropped
-    max_bytes: int = 4 << 30  # the whole prompt cache (all entries, named or not)
-    snapshots: int = 1  # checkpoints pinned above a conversation's entry (caches that cannot be cut)
+    max_tokens: int = DEFAULTS.conversation_kv_max_tokens  # per stored entry (clamped to the context length by the worker)
+    max_conversations: int = DEFAULTS.conversation_max_convs  # named handles kept
+    ttl_seconds: float = DEFAULTS.conversation_ttl_seconds  # idle time before a handle and its unpinned KV are dropped
+    max_bytes: int = int(DEFAULTS.conversation_max_gb * GIB)  # the whole prompt cache (all entries, named or not)
+    snapshots: int = DEFAULTS.conversation_snapshots  # checkpoints pinned above a conversation's entry (caches that cannot be cut)
 
 
 @dataclass

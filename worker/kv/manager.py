@@ -18,6 +18,7 @@ from typing import Any
 
 from protocol.messages import CacheInfo, CacheMode, ChatRequest
 
+from ..config import DEFAULTS, GIB
 from . import files
 from .conversations import Conversation, ConversationLimits, ConversationStore
 from .prefix import PrefixStore
@@ -35,14 +36,14 @@ HOUSEKEEPING_SECONDS = 1.0  # how often idle handles and entries are expired
 class KVConfig:
     enabled: bool = True
     prefix_enabled: bool = True
-    prefix_dir: Path = Path(".cache/mlx_prompt_caches")
-    prefix_disk_max_bytes: int = 20 << 30
-    disk_dir: Path = Path(".cache/kmlx_conversations")
-    disk_max_bytes: int = 200 << 30
+    prefix_dir: Path = Path(DEFAULTS.prompt_cache_dir)
+    prefix_disk_max_bytes: int = int(DEFAULTS.prompt_cache_disk_max_gb * GIB)
+    disk_dir: Path = Path(DEFAULTS.conversation_disk_dir)
+    disk_max_bytes: int = int(DEFAULTS.conversation_disk_max_gb * GIB)
     disk_max_fraction: float = 0.90
     limits: ConversationLimits = field(default_factory=ConversationLimits)
     kv_bits: int | None = None  # store cached rows quantized (--kv-bits)
-    kv_group_size: int = 64
+    kv_group_size: int = DEFAULTS.kv_group_size
 
 
 @dataclass

@@ -15,6 +15,8 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+from ..config import DEFAULTS
+
 PATCH = 32  # the seed's unit: images are limited to N patches of 32x32 pixels
 
 
@@ -29,9 +31,9 @@ class MediaError(ValueError):
 
 @dataclass(frozen=True)
 class MediaLimits:
-    max_image_patches: int = 1536  # per image, in 32x32 patches (the seed's limit)
-    video_frames: int = 8  # evenly spaced frames taken from a video
-    max_source_pixels: int = 64_000_000  # refuse to decode anything bigger (decompression bombs)
+    max_image_patches: int = DEFAULTS.max_image_patches  # per image, in 32x32 patches
+    video_frames: int = DEFAULTS.video_frames  # evenly spaced frames taken from a video
+    max_source_pixels: int = int(DEFAULTS.max_source_megapixels * 1_000_000)  # decompression bombs
 
     @property
     def frame_patches(self) -> int:

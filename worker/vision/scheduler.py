@@ -153,7 +153,7 @@ class VisionScheduler(Scheduler):
         if req.sampling.n > 1:
             self.counters.rejected += 1
             return rejection(req.request_id, ErrorInfo("n > 1 is not supported with images or video", param="n", code="unsupported_parameter"))
-        if self.waiting >= self.limits.max_waiting:
+        if self.waiting >= self.limits.max_queued:
             self.counters.rejected += 1
             return rejection(
                 req.request_id,
