@@ -24,7 +24,7 @@ from protocol import codec
 from protocol.messages import (
     PROTOCOL_VERSION,
     Abort,
-    CacheInfo,
+    CacheDecision,
     ChatRequest,
     ControlCall,
     ControlReply,
@@ -41,7 +41,7 @@ TOKEN = "tok "
 
 @dataclass
 class _Seq:
-    client: bytes
+    gateway: bytes
     request: ChatRequest
     left: int
     done: int = 0
@@ -70,28 +70,28 @@ def serve(bind: str, step_rate: float, name: str) -> None:
         if poller.poll(int(wait_ms)):
             while True:
                 try:
-                    client, frame = sock.recv_multipart(zmq.NOBLOCK)
+                    gateway, frame = sock.recv_multipart(zmq.NOBLOCK)
                 except zmq.Again:
                     break
                 msg = codec.decode_to_worker(frame)
                 if isinstance(msg, Hello):
-                    sock.send_multipart([client, codec.encode(info)])
+                    sock.send_multipart([gateway, codec.encode(info)])
                 elif isinstance(msg, ChatRequest):
                     n = msg.sampling.max_tokens or 16
-                    seqs[msg.request_id] = _Seq(client, msg, n, started_at=time.perf_counter())
-                    first = RequestOutput(msg.request_id, started=CacheInfo(mode="none"), prompt_tokens=1)
-                    sock.send_multipart([client, codec.encode(StepOutputs(outputs=[first], load=_load(seqs, steps)))])
+                    seqs[msg.request_id] = _Seq(gateway, msg, n, started_at=time.perf_counter())
+                    first = RequestOutput(msg.request_id, cache_decision=CacheDecision(mode="none"), prompt_tokens=1)
+                    sock.send_multipart([gateway, codec.encode(StepOutputs(outputs=[first], load=_load(seqs, steps)))])
                 elif isinstance(msg, Abort):
                     for rid in msg.request_ids:
                         seqs.pop(rid, None)
                 elif isinstance(msg, ControlCall):
                     result = {"pong": True, "steps": steps} if msg.method == "ping" else {"worker_id": name, "model": "fake", "steps": steps}
-                    sock.send_multipart([client, codec.encode(ControlReply(msg.call_id, result=result))])
+                    sock.send_multipart([gateway, codec.encode(ControlReply(msg.call_id, result=result))])
         if not seqs or time.perf_counter() < next_step:
             continue
         next_step = max(next_step + interval, time.perf_counter() - interval)  # no burst after a stall
         steps += 1
-        per_client: dict[bytes, list[RequestOutput]] = {}
+        per_gateway: dict[bytes, list[RequestOutput]] = {}
         for rid, s in list(seqs.items()):
             s.left -= 1
             s.done += 1
@@ -100,11 +100,11 @@ def serve(bind: str, step_rate: float, name: str) -> None:
                 out.finish_reason = "length"
                 out.usage = Usage(prompt_tokens=1, completion_tokens=s.done, decode_seconds=time.perf_counter() - s.started_at)
                 del seqs[rid]
-            per_client.setdefault(s.client, []).append(out)
+            per_gateway.setdefault(s.gateway, []).append(out)
         load = _load(seqs, steps)
-        for client, outs in per_client.items():
+        for gateway, outs in per_gateway.items():
             try:
-                sock.send_multipart([client, codec.encode(StepOutputs(outputs=outs, load=load))], zmq.NOBLOCK)
+                sock.send_multipart([gateway, codec.encode(StepOutputs(outputs=outs, load=load))], zmq.NOBLOCK)
             except zmq.ZMQError:  # that gateway is gone: drop its requests
                 for o in outs:
                     seqs.pop(o.request_id, None)

@@ -49,7 +49,7 @@ def usage_json(u: Usage, *, output_tokens: int | None = None) -> dict[str, Any]:
 
 
 def _started_usage(first: RequestOutput) -> Usage:
-    cached = first.started.cached_tokens if first.started else 0
+    cached = first.cache_decision.cached_tokens if first.cache_decision else 0
     return Usage(prompt_tokens=first.prompt_tokens, cached_tokens=cached)
 
 

@@ -25,7 +25,7 @@ from fastapi import Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from protocol import codec
-from protocol.messages import CacheInfo, ChatRequest, ErrorInfo, RequestOutput, Usage
+from protocol.messages import CacheDecision, ChatRequest, ErrorInfo, RequestOutput, Usage
 
 from .errors import APIError
 from .output_stream import OutputStream
@@ -109,8 +109,8 @@ def ensure_encodable(wire: ChatRequest) -> None:
         raise APIError(400, f"the request cannot be processed: {reason}", code="invalid_value") from None
 
 
-def conversation_headers(conversation_id: str | None, cache: CacheInfo | None) -> dict[str, str]:
-    cache = cache or CacheInfo()
+def conversation_headers(conversation_id: str | None, cache: CacheDecision | None) -> dict[str, str]:
+    cache = cache or CacheDecision()
     return {
         "X-Conv-Id": conversation_id or "",
         "X-Conv-KV": cache.mode,
@@ -121,7 +121,7 @@ def conversation_headers(conversation_id: str | None, cache: CacheInfo | None) -
 
 def response_headers(request_id: str, conversation_id: str | None, first: RequestOutput | None, worker_id: str) -> dict[str, str]:
     return {
-        **conversation_headers(conversation_id, first.started if first else None),
+        **conversation_headers(conversation_id, first.cache_decision if first else None),
         "X-Request-Id": request_id,
         "X-Worker-Id": worker_id,
     }
@@ -139,21 +139,21 @@ async def generate(request: Request, job: Generation, make_reply: Callable[[Admi
     affinity = None if wire.reset_conversation else job.affinity
     tried: list[WorkerClient] = []
     retry_error: APIError | None = None
-    started = time.perf_counter()
+    arrived = time.perf_counter()
     rec: RequestRecord = request.app.state.request_log.record(request)
     while True:
-        worker, model_id, queue, first = await _start(pool, job, affinity, tried, started, retry_error, rec=rec)
+        worker, model_id, stream, first = await _start(pool, job, affinity, tried, arrived, retry_error, rec=rec)
         rec.submitted(wire, worker_id=worker.worker_id, model=model_id)
         headers = response_headers(wire.request_id, wire.conversation_id, first, worker.worker_id)
         admitted = Admitted(wire.request_id, model_id, wire.conversation_id or "", first, int(time.time()))
-        relay = _Relay(worker, admitted, make_reply(admitted), started, wire.deadline, rec=rec, params=job.params)
+        relay = _Relay(worker, admitted, make_reply(admitted), arrived, wire.deadline, rec=rec, params=job.params)
         if job.stream:
             return StreamingResponse(
-                relay.sse(queue, keep_alive),
+                relay.sse(stream, keep_alive),
                 media_type="text/event-stream",
                 headers={**headers, "Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
             )
-        response = await relay.collect(queue, request, headers)
+        response = await relay.collect(stream, request, headers)
         if response is not None:
             return response
         # The worker failed mid-generation, but a whole-body answer has not
@@ -185,7 +185,7 @@ async def _start(
     job: Generation,
     affinity: str | None,
     tried: list[WorkerClient],
-    started: float,
+    arrived: float,
     last: APIError | None = None,
     *,
     rec: RequestRecord,
@@ -215,18 +215,18 @@ async def _start(
                 code="invalid_value",
             )
         try:
-            queue = await worker.submit(wire)
+            stream = await worker.submit(wire)
         except WorkerUnavailable as exc:
             tried.append(worker)
             last = APIError(503, f"worker unavailable: {exc}", code="worker_unavailable", headers={"Retry-After": "2"})
             continue
         try:
-            first = await _first_output(queue, wire.deadline)
+            first = await _first_output(stream, wire.deadline)
         except BaseException:  # cancelled, or the deadline passed with no admission
             worker.abort_nowait(wire.request_id)
             raise
         if first.finish_reason != "error":
-            return worker, model_id, queue, first
+            return worker, model_id, stream, first
         worker.release(wire.request_id)
         err = error_from(first, job.params)
         if first.error is not None and first.error.code in _RETRYABLE:
@@ -236,25 +236,25 @@ async def _start(
             continue
         rec.finished(
             request_id=wire.request_id, conversation_id=wire.conversation_id or "", worker_id=worker.worker_id, model=model_id,
-            out=first, started=started, status=err.status, refused=True,
+            out=first, arrived=arrived, status=err.status, refused=True,
         )
         err.headers.update(response_headers(wire.request_id, wire.conversation_id, first, worker.worker_id))
         raise err
 
 
-async def _first_output(queue: OutputStream, deadline: float | None) -> RequestOutput:
-    out = await queue.get(None if deadline is None else max(0.0, deadline - time.time()) + _DEADLINE_GRACE)
+async def _first_output(stream: OutputStream, deadline: float | None) -> RequestOutput:
+    out = await stream.get(None if deadline is None else max(0.0, deadline - time.time()) + _DEADLINE_GRACE)
     if out is None:
         raise APIError(504, "request deadline exceeded before the worker admitted it", code="deadline_exceeded")
     return out
 
 
 class _Relay:
-    """Moves one request's outputs from the worker queue to the client, and
+    """Moves one request's outputs from the worker to the client, and
     makes sure the worker hears about it when the client leaves."""
 
     def __init__(
-        self, worker: WorkerClient, admitted: Admitted, reply: Reply, started: float, deadline: float | None, *,
+        self, worker: WorkerClient, admitted: Admitted, reply: Reply, arrived: float, deadline: float | None, *,
         rec: RequestRecord, params: dict[str, str],
     ):
         self.worker = worker
@@ -262,7 +262,7 @@ class _Relay:
         self.admitted = admitted
         self.request_id = admitted.request_id
         self.reply = reply
-        self.started = started
+        self.arrived = arrived
         self.deadline = deadline
         self.retry_error: APIError | None = None  # set when ``collect`` asks for a retry
         self.rec = rec
@@ -276,7 +276,7 @@ class _Relay:
         err = ErrorInfo("request deadline exceeded", type="timeout_error", code="deadline_exceeded", status=504)
         return RequestOutput(self.request_id, finish_reason="error", error=err, usage=Usage())
 
-    async def sse(self, queue: OutputStream, keep_alive: float) -> AsyncIterator[bytes]:
+    async def sse(self, stream: OutputStream, keep_alive: float) -> AsyncIterator[bytes]:
         reply = self.reply
         final: RequestOutput | None = None
         timed_out = False
@@ -288,8 +288,8 @@ class _Relay:
                 # Outputs already queued go out as one batch: when the gateway
                 # falls behind it writes fewer, larger events instead of lagging.
                 batch = [out]
-                while out.finish_reason is None and not queue.empty():
-                    out = queue.get_nowait()
+                while out.finish_reason is None and not stream.empty():
+                    out = stream.get_nowait()
                     batch.append(out)
                 if self.traced is not None:
                     self.traced += batch
@@ -298,7 +298,7 @@ class _Relay:
                 if out.finish_reason is not None:
                     final = _worker_abort_as_error(out)
                     break
-                nxt = await queue.get(keep_alive)
+                nxt = await stream.get(keep_alive)
                 if nxt is None:  # nothing for a while (a long prefill, a busy worker)
                     expired = self._past_deadline()
                     if expired is not None:
@@ -318,10 +318,10 @@ class _Relay:
                 self.worker.release(self.request_id)
             self._log(final, 200, self.traced)
 
-    async def collect(self, queue: OutputStream, request: Request, headers: dict[str, str]) -> Response | None:
+    async def collect(self, stream: OutputStream, request: Request, headers: dict[str, str]) -> Response | None:
         """The whole answer as one JSON body; ``None`` when the worker failed
         in a way another worker may not (the caller retries elsewhere)."""
-        gather = asyncio.create_task(self._gather(queue))
+        gather = asyncio.create_task(self._gather(stream))
         gone = asyncio.create_task(_client_gone(request))
         timeout = None if self.deadline is None else max(0.0, self.deadline - time.time()) + _DEADLINE_GRACE
         done, _ = await asyncio.wait({gather, gone}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
@@ -350,11 +350,11 @@ class _Relay:
         self._log(final, 200, outs)
         return JSONResponse(self.reply.body(outs), headers=headers)
 
-    async def _gather(self, queue: OutputStream) -> list[RequestOutput]:
+    async def _gather(self, stream: OutputStream) -> list[RequestOutput]:
         out = self.admitted.first
         outs = [out]
         while out.finish_reason is None:
-            out = await queue.get()  # type: ignore[assignment]  # no timeout: never None
+            out = await stream.get()  # type: ignore[assignment]  # no timeout: never None
             outs.append(out)
         return outs
 
@@ -366,7 +366,7 @@ class _Relay:
         a = self.admitted
         self.rec.finished(
             request_id=a.request_id, conversation_id=a.conversation_id, worker_id=self.worker.worker_id, model=a.model,
-            out=final, started=self.started, status=status, **text,
+            out=final, arrived=self.arrived, status=status, **text,
         )
 
 

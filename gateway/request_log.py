@@ -64,7 +64,7 @@ class RequestLog:
         worker_id: str,
         model: str,
         out: RequestOutput,
-        started: float,
+        arrived: float,
         status: int,
         refused: bool = False,
         content: str | None = None,
@@ -73,7 +73,7 @@ class RequestLog:
         """Account a request that reached a worker. ``refused``: the worker
         turned it down at admission (its first output was the error)."""
         u = out.usage or Usage()
-        total = time.perf_counter() - started
+        total = time.perf_counter() - arrived
         error_code = out.error.code if out.error else None
         fields: dict[str, Any] = {
             "event": "request",

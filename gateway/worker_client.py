@@ -163,7 +163,7 @@ class WorkerClient:
 
     # ------------------------------------------------------------------ #
     async def submit(self, request: ChatRequest) -> OutputStream:
-        """Send a request; its outputs arrive on the returned queue, ending
+        """Send a request; its outputs arrive on the returned stream, ending
         with one whose ``finish_reason`` is set (errors included)."""
         if not self.state.ready:
             raise WorkerUnavailable(self.state.reason)
@@ -180,7 +180,7 @@ class WorkerClient:
         return q
 
     def release(self, request_id: str) -> None:
-        """Forget a finished request (its queue saw the final output)."""
+        """Forget a finished request (its stream saw the final output)."""
         self._waiting.pop(request_id, None)
         if self._streams.pop(request_id, None) is not None:
             self.state.inflight -= 1
@@ -249,8 +249,8 @@ class WorkerClient:
     def _track_waiting(self, out: RequestOutput) -> None:
         if out.tokens or out.content or out.reasoning or out.finish_reason:
             del self._waiting[out.request_id]  # running (or done): no longer queued
-        elif out.started is not None:
-            self._waiting[out.request_id] = out.started.processing_tokens or out.prompt_tokens
+        elif out.cache_decision is not None:
+            self._waiting[out.request_id] = out.cache_decision.processing_tokens or out.prompt_tokens
 
     def _on_info(self, info: WorkerInfo) -> None:
         if info.protocol_version != PROTOCOL_VERSION:

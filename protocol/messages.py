@@ -19,7 +19,7 @@ from .chat import ChatMessage
 
 # Bump on any incompatible change; the gateway refuses workers that differ.
 DEFAULT_WORKER_ENDPOINT = "tcp://127.0.0.1:5555"  # a worker binds it, a gateway dials it, unless told otherwise
-PROTOCOL_VERSION = 4  # 3: unset sampling fields travel as None, tool calls, typed logprobs, choices; 4: typed chat messages, typed ping load
+PROTOCOL_VERSION = 5  # 4: typed chat messages, typed ping load; 5: RequestOutput.cache_decision (was started)
 
 
 class _Msg(msgspec.Struct, tag_field="type", forbid_unknown_fields=False, omit_defaults=True):
@@ -156,7 +156,7 @@ class WorkerLoad(msgspec.Struct, omit_defaults=True):
 CacheMode = Literal["fresh", "hit", "snapshot", "reset", "none", "disabled"]
 
 
-class CacheInfo(msgspec.Struct, omit_defaults=True):
+class CacheDecision(msgspec.Struct, omit_defaults=True):
     """The worker's cache decision for a request (becomes X-Conv-* headers)."""
 
     mode: CacheMode = "none"
@@ -199,8 +199,8 @@ class TokenLogprob(msgspec.Struct, array_like=True):
 class RequestOutput(msgspec.Struct, omit_defaults=True):
     """What one request produced during one compute step.
 
-    The first output of a request carries ``started`` (prompt size and cache
-    decision), so the gateway can send headers before any token exists.
+    The first output of a request carries ``cache_decision`` (and the
+    prompt size), so the gateway can send headers before any token exists.
     The last carries ``finish_reason`` and ``usage`` (or ``error``).
 
     ``content``, ``reasoning``, ``tool_calls``, ``logprobs`` and ``tokens``
@@ -213,7 +213,7 @@ class RequestOutput(msgspec.Struct, omit_defaults=True):
     content: str = ""
     reasoning: str = ""
     tokens: int = 0  # new completion tokens in this step
-    started: CacheInfo | None = None
+    cache_decision: CacheDecision | None = None  # set on a request's first output only
     prompt_tokens: int = 0
     finish_reason: FinishReason | None = None
     usage: Usage | None = None

@@ -48,7 +48,7 @@ class Engine:
         self.transport = transport
         self.inbox = inbox
         self.progress = Progress()  # read by the watchdog (worker/watchdog.py)
-        self.started = time.time()
+        self.start_time = time.time()  # wall clock, for uptime
         self._stop = False
         self._draining = False
         self._pending: dict[bytes, list[RequestOutput]] = defaultdict(list)
@@ -112,7 +112,7 @@ class Engine:
         return {
             "worker_id": self.transport.info.worker_id,
             "model": self.transport.info.model_id,
-            "uptime_seconds": round(time.time() - self.started, 1),
+            "uptime_seconds": round(time.time() - self.start_time, 1),
             "running": self.scheduler.running,
             "waiting": self.scheduler.waiting,
             "kv_tokens": self.scheduler.kv_tokens(),
@@ -152,33 +152,33 @@ class Engine:
                 self._queue(failed)
             return
         if isinstance(item, GatewayGone):
-            orphans = self.scheduler.sequences_of(item.client)
+            orphans = self.scheduler.sequences_of(item.gateway)
             if orphans:
                 log.info("gateway went away: aborting %d orphaned request(s)", len(orphans))
             for rid in orphans:
                 self.scheduler.abort(rid)
                 self._owner.pop(rid, None)
-            self._pending.pop(item.client, None)
+            self._pending.pop(item.gateway, None)
             return
-        msg, client = item.message, item.client
+        msg, gateway = item.message, item.gateway
         if isinstance(msg, ChatRequest):
             if self._draining:
                 err = ErrorInfo("worker is shutting down", type="overloaded_error", code="shutting_down", status=503)
-                self._send_now(client, StepOutputs(outputs=[_logged(rejection(msg.request_id, err))], load=self._load()))
+                self._send_now(gateway, StepOutputs(outputs=[_logged(rejection(msg.request_id, err))], load=self._load()))
                 return
             if msg.request_id in self._owner:
                 err = ErrorInfo(f"duplicate request id {msg.request_id}", code="duplicate_id")
-                self._send_now(client, StepOutputs(outputs=[_logged(rejection(msg.request_id, err))], load=self._load()))
+                self._send_now(gateway, StepOutputs(outputs=[_logged(rejection(msg.request_id, err))], load=self._load()))
                 return
-            self._owner[msg.request_id] = client
+            self._owner[msg.request_id] = gateway
             self.progress.mark("admitting a request")
-            out = self.scheduler.admit(client, msg)
+            out = self.scheduler.admit(gateway, msg)
             if out is None:  # a vision request: its first output comes from a later step
                 return
             if out.finish_reason is None:
                 log.debug("request %s admitted", msg.request_id, extra={"fields": {
                     "event": "admitted", "request_id": msg.request_id, "conversation_id": msg.conversation_id,
-                    "prompt_tokens": out.prompt_tokens, "cache": out.started.mode if out.started else None,
+                    "prompt_tokens": out.prompt_tokens, "cache": out.cache_decision.mode if out.cache_decision else None,
                 }})
             self._queue(out)
         elif isinstance(msg, Abort):
@@ -188,7 +188,7 @@ class Engine:
                     self._queue(aborted)
         elif isinstance(msg, ControlCall):
             self.progress.mark(f"control call {msg.method}")
-            self._send_now(client, self._control(msg))
+            self._send_now(gateway, self._control(msg))
 
     def _control(self, call: ControlCall) -> ControlReply:
         handler = self.controls.get(call.method)
@@ -227,25 +227,25 @@ class Engine:
 
     # ------------------------------------------------------------------ #
     def _queue(self, out: RequestOutput) -> None:
-        client = self._owner.get(out.request_id)
-        if client is None:
+        gateway = self._owner.get(out.request_id)
+        if gateway is None:
             return
         if out.finish_reason is not None:
             del self._owner[out.request_id]
             _logged(out)
-        self._pending[client].append(out)
+        self._pending[gateway].append(out)
 
     def _flush(self) -> None:
         if not self._pending:
             return
         load = self._load()
-        for client, outs in self._pending.items():
+        for gateway, outs in self._pending.items():
             if outs:
-                self.transport.send(client, StepOutputs(outputs=outs, load=load))
+                self.transport.send(gateway, StepOutputs(outputs=outs, load=load))
         self._pending.clear()
 
-    def _send_now(self, client: bytes, msg: Any) -> None:
-        self.transport.send(client, msg)
+    def _send_now(self, gateway: bytes, msg: Any) -> None:
+        self.transport.send(gateway, msg)
 
     def _load(self) -> WorkerLoad:
         s = self.scheduler

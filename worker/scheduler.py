@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from protocol.messages import CacheInfo, ChatRequest, ErrorInfo, RequestOutput
+from protocol.messages import CacheDecision, ChatRequest, ErrorInfo, RequestOutput
 
 from .batch import Batch, KVState, SequenceSpec, Token
 from .choices import Choices, fork_caches
@@ -58,7 +58,7 @@ class SchedulerLimits:
 class _Rendering:
     """A request whose prompt the prompt thread is rendering."""
 
-    client: bytes
+    gateway: bytes
     request: ChatRequest
     sampling: Sampling
     arrived: float
@@ -135,9 +135,9 @@ class Scheduler:
     def kv_tokens(self) -> int:
         return sum(len(s.prompt.token_ids) + s.completion_tokens for s in self._by_uid.values())
 
-    def sequences_of(self, client: bytes) -> list[str]:
-        return [s.request_id for s in [*self._by_id.values(), *self._parked()] if s.client == client] + [
-            rid for rid, r in self._rendering.items() if r.client == client
+    def sequences_of(self, gateway: bytes) -> list[str]:
+        return [s.request_id for s in [*self._by_id.values(), *self._parked()] if s.gateway == gateway] + [
+            rid for rid, r in self._rendering.items() if r.gateway == gateway
         ]
 
     def _parked(self) -> list[Sequence]:
@@ -149,7 +149,7 @@ class Scheduler:
         self.prompts.set_wake(wake)
 
     # ------------------------------------------------------------------ #
-    def admit(self, client: bytes, req: ChatRequest) -> RequestOutput | None:
+    def admit(self, gateway: bytes, req: ChatRequest) -> RequestOutput | None:
         """Queue a request. Returns its first output (the cache decision, or
         with ``finish_reason="error"`` why it was refused), or None when its
         prompt is big enough to render on the prompt thread: that output
@@ -171,7 +171,7 @@ class Scheduler:
             self.counters.rejected += 1
             return rejection(req.request_id, too_long)
         if chars > INLINE_CHARS:
-            self._rendering[req.request_id] = _Rendering(client, req, sampling, arrived)
+            self._rendering[req.request_id] = _Rendering(gateway, req, sampling, arrived)
             self.prompts.submit(req.request_id, lambda tokenizer: self.render(tokenizer, req))
             return None
         try:
@@ -179,7 +179,7 @@ class Scheduler:
         except PromptError as exc:
             self.counters.rejected += 1
             return rejection(req.request_id, ErrorInfo(str(exc), param=exc.param, code=exc.code))
-        return self._admit_prompt(client, req, sampling, prompt, arrived)
+        return self._admit_prompt(gateway, req, sampling, prompt, arrived)
 
     def render(self, tokenizer: Any, req: ChatRequest) -> Prompt:
         """The request's prompt token ids (either thread, its own tokenizer); raises PromptError."""
@@ -198,9 +198,9 @@ class Scheduler:
             log.error("rendering the prompt of %s failed: %r", r.request.request_id, error)
             err = ErrorInfo(f"the worker could not render the prompt: {error}", type="server_error", code="prompt_error", status=500)
             return rejection(r.request.request_id, err)
-        return self._admit_prompt(r.client, r.request, r.sampling, prompt, r.arrived)
+        return self._admit_prompt(r.gateway, r.request, r.sampling, prompt, r.arrived)
 
-    def _admit_prompt(self, client: bytes, req: ChatRequest, sampling: Sampling, prompt: Prompt, arrived: float) -> RequestOutput | None:
+    def _admit_prompt(self, gateway: bytes, req: ChatRequest, sampling: Sampling, prompt: Prompt, arrived: float) -> RequestOutput | None:
         """Admission once the prompt's token ids are known."""
         try:
             constraint = self.constraint(req, prompt.starts_in_reasoning)
@@ -219,13 +219,13 @@ class Scheduler:
 
         seq = Sequence(
             request=req,
-            client=client,
+            gateway=gateway,
             prompt=prompt,
             sampling=sampling,
             detokenizer=self.detokenizer(req),
             text=self.text_stream(req, prompt.starts_in_reasoning),
             max_tokens=max_tokens,
-            cache=CacheInfo("disabled", 0, n_prompt),
+            cache_decision=CacheDecision("disabled", 0, n_prompt),
             constraint=constraint,
             arrived=arrived,
         )
@@ -242,11 +242,11 @@ class Scheduler:
         try:
             if self.kv is not None:
                 seq.plan = self.kv.plan(req, prompt.token_ids, prompt.system_tokens, prompt.last_message_end)
-                seq.cache = seq.plan.info
+                seq.cache_decision = seq.plan.decision
         except ControlError as exc:  # its saved cache is damaged: this request alone fails
             self.counters.rejected += 1
             return rejection(req.request_id, ErrorInfo(str(exc), param="conversation", code=exc.code, status=exc.status))
-        cached = seq.cache.cached_tokens
+        cached = seq.cache_decision.cached_tokens
         self._insert(seq, prompt.token_ids[cached:], seq.plan.cache if seq.plan else None, prompt.token_ids[:cached])
         self.counters.admitted += 1
         self.counters.prompt_tokens += len(prompt.token_ids) - cached
@@ -365,7 +365,7 @@ class Scheduler:
             self.prompts.cancel(request_id)
             self.counters.aborted += error is None
             self.counters.errors += error is not None
-            return ended_unstarted(request_id, error, rendering.arrived, CacheInfo(mode="none"))
+            return ended_unstarted(request_id, error, rendering.arrived, CacheDecision(mode="none"))
         parked = self._sharing.remove(request_id) if self._sharing is not None else None
         if parked is not None:
             self.counters.aborted += error is None
@@ -440,7 +440,7 @@ class Scheduler:
     def _prefilled(self, seq: Sequence, done: int, paused: bool, now: float) -> None:
         """Prefill progress: ``done`` prompt tokens past the cached ones are in the KV."""
         seq.prefill_started = seq.prefill_started or now
-        seq.kv_length = seq.cache.cached_tokens + done
+        seq.kv_length = seq.cache_decision.cached_tokens + done
         if paused and self.kv is not None and seq.plan is not None and seq.kv_length in seq.plan.checkpoints:
             state = self._batch.state(seq.uid)  # stopped at a message boundary: keep the state there
             if state is not None:
@@ -456,12 +456,12 @@ class Scheduler:
         caches = fork_caches(lambda: self._current_cache(leader.uid), group.n - 1, len(ids), final_cache)
         for i, cache in enumerate(caches, start=1):
             fork = Sequence(
-                request=req, client=leader.client, prompt=leader.prompt, sampling=leader.sampling,
+                request=req, gateway=leader.gateway, prompt=leader.prompt, sampling=leader.sampling,
                 detokenizer=self.detokenizer(req), text=self.text_stream(req, leader.prompt.starts_in_reasoning),
-                max_tokens=leader.max_tokens, cache=leader.cache, choice=i, choices=group,
+                max_tokens=leader.max_tokens, cache_decision=leader.cache_decision, choice=i, choices=group,
                 constraint=self.constraint(req, leader.prompt.starts_in_reasoning),
             )
-            fork.arrived, fork.prefill_started, fork.started_sent = leader.arrived, leader.prefill_started, True
+            fork.arrived, fork.prefill_started, fork.announced = leader.arrived, leader.prefill_started, True
             group.members.append(fork)
             if cache is not None:
                 self._insert(fork, ids[-1:], cache, ids[:-1])
@@ -495,7 +495,7 @@ class Scheduler:
         if seq.text.stopped:
             finish = "stop"
         if finish is None:
-            if content or reasoning or not seq.started_sent or seq.text.has_calls or seq.logprobs:
+            if content or reasoning or not seq.announced or seq.text.has_calls or seq.logprobs:
                 return seq.output(content, reasoning, tokens=1)
             return None
         tail_c, tail_r = seq.text.finish()

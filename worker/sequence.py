@@ -6,7 +6,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from protocol.messages import CacheInfo, ChatRequest, ErrorInfo, FinishReason, RequestOutput, TokenLogprob, Usage
+from protocol.messages import CacheDecision, ChatRequest, ErrorInfo, FinishReason, RequestOutput, TokenLogprob, Usage
 
 from .batch import KVState
 from .generation_config import Sampling
@@ -18,13 +18,13 @@ from .text_stream import TextStream
 @dataclass
 class Sequence:
     request: ChatRequest
-    client: bytes  # ZeroMQ identity of the gateway that sent it
+    gateway: bytes  # ZeroMQ identity of the gateway that sent it
     prompt: Prompt
     sampling: Sampling
     detokenizer: Any
     text: TextStream
     max_tokens: int
-    cache: CacheInfo
+    cache_decision: CacheDecision  # how the prompt met the prompt cache (announced with the first output)
     uid: int = -1  # its id in the running batch (worker/batch.py) once inserted
     kv_length: int = 0  # prompt tokens in its KV so far (cached + prefilled)
     arrived: float = field(default_factory=time.perf_counter)
@@ -32,7 +32,7 @@ class Sequence:
     first_token_at: float | None = None
     last_token_at: float | None = None
     completion_tokens: int = 0
-    started_sent: bool = False
+    announced: bool = False
     finished: bool = False
     plan: Plan | None = None  # the prompt-cache plan; None without a prompt cache
     constraint: Any = None  # a grammar.GrammarProcessor when the output must follow a grammar
@@ -53,10 +53,10 @@ class Sequence:
             out.tool_calls = calls
         if self.logprobs:
             out.logprobs, self.logprobs = self.logprobs, []
-        if not self.started_sent:
-            out.started = self.cache
+        if not self.announced:
+            out.cache_decision = self.cache_decision
             out.prompt_tokens = len(self.prompt.token_ids)
-            self.started_sent = True
+            self.announced = True
         return out
 
     def final(
@@ -89,19 +89,19 @@ class Sequence:
         return Usage(
             prompt_tokens=len(self.prompt.token_ids),
             completion_tokens=self.completion_tokens,
-            cached_tokens=self.cache.cached_tokens,
+            cached_tokens=self.cache_decision.cached_tokens,
             ttft_seconds=(first - self.arrived) if first else 0.0,
             decode_seconds=(self.last_token_at - first) if first and self.last_token_at else 0.0,
             queue_seconds=((self.prefill_started or time.perf_counter()) - self.arrived),
         )
 
 
-def ended_unstarted(request_id: str, error: ErrorInfo | None, arrived: float, cache: CacheInfo) -> RequestOutput:
+def ended_unstarted(request_id: str, error: ErrorInfo | None, arrived: float, cache_decision: CacheDecision) -> RequestOutput:
     """The last output of a request aborted (or failed) before it was
     admitted to the batch, e.g. while its prompt or media was prepared."""
     return RequestOutput(
         request_id=request_id,
-        started=cache,
+        cache_decision=cache_decision,
         finish_reason="error" if error else "abort",
         error=error,
         usage=Usage(queue_seconds=time.perf_counter() - arrived),
@@ -112,7 +112,7 @@ def rejection(request_id: str, error: ErrorInfo) -> RequestOutput:
     """The only output of a request refused at admission."""
     return RequestOutput(
         request_id=request_id,
-        started=CacheInfo(mode="none"),
+        cache_decision=CacheDecision(mode="none"),
         finish_reason="error",
         error=error,
         usage=Usage(),
@@ -124,7 +124,7 @@ def prompt_only(request_id: str, prompt_tokens: int) -> RequestOutput:
     0): the prompt's size, for token counting. Nothing was computed."""
     return RequestOutput(
         request_id=request_id,
-        started=CacheInfo(mode="none", processing_tokens=0),
+        cache_decision=CacheDecision(mode="none", processing_tokens=0),
         prompt_tokens=prompt_tokens,
         finish_reason="length",
         usage=Usage(prompt_tokens=prompt_tokens),

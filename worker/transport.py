@@ -33,12 +33,12 @@ log = logging.getLogger("kmlx.worker.transport")
 
 @dataclass(frozen=True)
 class GatewayGone:
-    client: bytes
+    gateway: bytes
 
 
 @dataclass(frozen=True)
 class Incoming:
-    client: bytes
+    gateway: bytes
     message: msgspec.Struct
 
 
@@ -73,7 +73,7 @@ class Transport:
         self._lock = threading.Lock()
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
-        self._clients: set[bytes] = set()
+        self._gateways: set[bytes] = set()
         self._stopping = threading.Event()
         self._thread = threading.Thread(target=self._run, name="kmlx-io", daemon=True)
 
@@ -84,10 +84,10 @@ class Transport:
     def start(self) -> None:
         self._thread.start()
 
-    def send(self, client: bytes | None, msg: msgspec.Struct) -> None:
-        """Queue a message; ``client=None`` broadcasts to every known gateway."""
+    def send(self, gateway: bytes | None, msg: msgspec.Struct) -> None:
+        """Queue a message; ``gateway=None`` broadcasts to every known gateway."""
         with self._lock:
-            self._out.append((client, msg))
+            self._out.append((gateway, msg))
         os.write(self._wake_w, b"x")
 
     def close(self, reason: str) -> None:
@@ -130,36 +130,36 @@ class Transport:
             if len(frames) != 2:
                 log.warning("dropping a malformed message (%d frames)", len(frames))
                 continue
-            client, payload = frames
+            gateway, payload = frames
             try:
                 msg = codec.decode_to_worker(payload)
             except codec.DecodeError as exc:
                 log.warning("dropping an undecodable message: %s", exc)
                 continue
-            self._clients.add(client)
+            self._gateways.add(gateway)
             if isinstance(msg, Hello):
                 if msg.protocol_version != PROTOCOL_VERSION:
                     log.warning(
                         "gateway %s speaks protocol %d, this worker %d", msg.gateway_id, msg.protocol_version, PROTOCOL_VERSION
                     )
-                self._out.appendleft((client, self.info))
+                self._out.appendleft((gateway, self.info))
                 continue
-            self.inbox.put(Incoming(client, msg))
+            self.inbox.put(Incoming(gateway, msg))
 
     def _send_all(self) -> None:
         while True:
             with self._lock:
                 if not self._out:
                     return
-                client, msg = self._out.popleft()
+                gateway, msg = self._out.popleft()
             payload = codec.encode(msg)
-            targets = [client] if client is not None else list(self._clients)
+            targets = [gateway] if gateway is not None else list(self._gateways)
             for target in targets:
                 try:
                     self._sock.send_multipart([target, payload], zmq.NOBLOCK)
                 except zmq.ZMQError as exc:
                     if exc.errno == errno.EHOSTUNREACH:
-                        self._clients.discard(target)
+                        self._gateways.discard(target)
                         self.inbox.put(GatewayGone(target))
                     else:
                         log.warning("send failed: %s", exc)

@@ -12,9 +12,9 @@ from anthropic.types import RawMessageStreamEvent
 from gateway.anthropic_format import MessagesReply
 from gateway.dispatch import Admitted
 from gateway.errors import APIError
-from protocol.messages import CacheInfo, RequestOutput, ToolCallDelta, Usage
+from protocol.messages import CacheDecision, RequestOutput, ToolCallDelta, Usage
 
-FIRST = RequestOutput("r", started=CacheInfo("hit", 20, 5), prompt_tokens=25)
+FIRST = RequestOutput("r", cache_decision=CacheDecision("hit", 20, 5), prompt_tokens=25)
 
 
 def outs() -> list[RequestOutput]:

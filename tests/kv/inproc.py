@@ -51,13 +51,13 @@ class Result:
 
     @property
     def cached(self) -> int:
-        assert self.first is not None and self.first.started is not None
-        return self.first.started.cached_tokens
+        assert self.first is not None and self.first.cache_decision is not None
+        return self.first.cache_decision.cached_tokens
 
     @property
     def mode(self) -> str:
-        assert self.first is not None and self.first.started is not None
-        return self.first.started.mode
+        assert self.first is not None and self.first.cache_decision is not None
+        return self.first.cache_decision.mode
 
 
 def run(scheduler: Scheduler, requests: list[ChatRequest], *, max_steps: int = 5000) -> dict[str, Result]:

@@ -46,7 +46,7 @@ def test_a_parked_request_can_be_aborted_and_its_leader_carries_on(tiny, tmp_pat
     assert s.admit(GATEWAY, request("wait", follower)) is None  # parked: no output yet
     assert s.waiting == 2
     out = s.abort("wait")
-    assert out is not None and out.finish_reason == "abort" and out.started is not None
+    assert out is not None and out.finish_reason == "abort" and out.cache_decision is not None
     assert s.abort("wait") is None
     assert s.waiting == 1
     while s.has_work:
@@ -75,6 +75,6 @@ def test_reset_conversation_neither_waits_nor_leads(tiny, tmp_path):
     chats = asks(2)
     assert s.admit(GATEWAY, request("a", chats[0], reset_conversation=True)) is not None
     out = s.admit(GATEWAY, request("b", chats[1], reset_conversation=True))
-    assert out is not None and out.started.mode == "disabled"
+    assert out is not None and out.cache_decision.mode == "disabled"
     while s.has_work:
         s.step()

@@ -9,7 +9,7 @@ from protocol import codec
 from protocol.chat import ChatMessage, ImagePart, MediaURL, TextPart
 from protocol.messages import (
     Abort,
-    CacheInfo,
+    CacheDecision,
     ChatRequest,
     ControlCall,
     ErrorInfo,
@@ -38,7 +38,7 @@ def test_requests_round_trip():
 def test_outputs_round_trip():
     out = StepOutputs(
         outputs=[
-            RequestOutput("r1", content="Par", tokens=1, started=CacheInfo("hit", 10, 2), prompt_tokens=12),
+            RequestOutput("r1", content="Par", tokens=1, cache_decision=CacheDecision("hit", 10, 2), prompt_tokens=12),
             RequestOutput("r2", finish_reason="length", usage=Usage(3, 4, 0, 0.1, 0.2, 0.0)),
             RequestOutput("r3", finish_reason="error", error=ErrorInfo("bad", status=400)),
         ],

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from protocol.messages import CacheInfo, CacheMode, ChatRequest
+from protocol.messages import CacheDecision, CacheMode, ChatRequest
 
 from ..config import DEFAULTS, GIB
 from . import files
@@ -48,7 +48,7 @@ class KVConfig:
 
 @dataclass
 class Plan:
-    info: CacheInfo  # what the request is told (X-Conv-* headers)
+    decision: CacheDecision  # what the request is told (X-Conv-* headers)
     cache: Cache | None = None  # the KV to start from
     conversation_id: str | None = None  # the handle a normal finish updates
     system_len: int = 0
@@ -114,7 +114,7 @@ class PromptCacheManager:
         fails, and the file is quarantined so the next one starts fresh."""
         n = len(prompt)
         if not self.config.enabled or req.reset_conversation:
-            return Plan(CacheInfo("disabled", 0, n), commit=False)
+            return Plan(CacheDecision("disabled", 0, n), commit=False)
         conv_id = req.conversation_id
         conv: Conversation | None = None
         if conv_id is not None:
@@ -127,13 +127,13 @@ class PromptCacheManager:
         if self.prefix is not None and match.usable < system_len < n and self._load_prefix(prompt[:system_len]):
             match = self.tree.lookup(prompt, n - 1, record=False)
         cached = match.usable
-        info = CacheInfo(self._mode(conv_id, conv, match), cached, n - cached)
+        decision = CacheDecision(self._mode(conv_id, conv, match), cached, n - cached)
         stops = sorted({b for b in (system_len, last_message_end) if cached < b < n - 1}) if self.needs_checkpoints else []
         self.requests += 1
         if cached:
             self.hits += 1
             self.cached_tokens_served += cached
-        return Plan(info, self.tree.cache_for(match), conv_id, system_len, checkpoints=stops)
+        return Plan(decision, self.tree.cache_for(match), conv_id, system_len, checkpoints=stops)
 
     def reusable(self, prompt: list[int]) -> int:
         """Prompt tokens the cache could supply now (nothing is counted)."""

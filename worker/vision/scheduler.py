@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from protocol.chat import has_media
-from protocol.messages import CacheInfo, ChatRequest, ErrorInfo, RequestOutput
+from protocol.messages import CacheDecision, ChatRequest, ErrorInfo, RequestOutput
 
 from ..grammar import GrammarError
 from ..prompt import Prompt, PromptError
@@ -40,7 +40,7 @@ log = logging.getLogger("kmlx.worker.vision")
 
 @dataclass
 class _Pending:
-    client: bytes
+    gateway: bytes
     request: ChatRequest
     arrived: float
 
@@ -133,10 +133,10 @@ class VisionScheduler(Scheduler):
     def kv_tokens(self) -> int:
         return super().kv_tokens() + sum(p.job.done_tokens for p in self._prefilling if p.job is not None)
 
-    def sequences_of(self, client: bytes) -> list[str]:
-        mine = [rid for rid, p in self._preparing.items() if p.client == client]
-        mine += [p.seq.request_id for p in self._prefilling if p.seq.client == client]
-        return super().sequences_of(client) + mine
+    def sequences_of(self, gateway: bytes) -> list[str]:
+        mine = [rid for rid, p in self._preparing.items() if p.gateway == gateway]
+        mine += [p.seq.request_id for p in self._prefilling if p.seq.gateway == gateway]
+        return super().sequences_of(gateway) + mine
 
     def expired(self, now: float) -> list[str]:
         mine = [rid for rid, p in self._preparing.items() if p.request.deadline and p.request.deadline < now]
@@ -144,12 +144,12 @@ class VisionScheduler(Scheduler):
         return super().expired(now) + mine
 
     # ------------------------------------------------------------------ #
-    def admit(self, client: bytes, req: ChatRequest) -> RequestOutput | None:
+    def admit(self, gateway: bytes, req: ChatRequest) -> RequestOutput | None:
         """Text requests: the base path. Vision requests: queued for the
         media thread; their first output (or refusal) comes from a later
         ``step``, once the prompt size is known. Returns None then."""
         if not has_media(req.messages):
-            return super().admit(client, req)
+            return super().admit(gateway, req)
         if req.sampling.n > 1:
             self.counters.rejected += 1
             return rejection(req.request_id, ErrorInfo("n > 1 is not supported with images or video", param="n", code="unsupported_parameter"))
@@ -163,7 +163,7 @@ class VisionScheduler(Scheduler):
         if too_long is not None:
             self.counters.rejected += 1
             return rejection(req.request_id, too_long)
-        self._preparing[req.request_id] = _Pending(client, req, time.perf_counter())
+        self._preparing[req.request_id] = _Pending(gateway, req, time.perf_counter())
         self.media.submit(
             req.request_id,
             lambda: self._prepare(req),
@@ -175,7 +175,7 @@ class VisionScheduler(Scheduler):
         if pending is not None:
             self.media.cancel(request_id)
             self._count_end(error)
-            return ended_unstarted(request_id, error, pending.arrived, CacheInfo(mode="disabled"))
+            return ended_unstarted(request_id, error, pending.arrived, CacheDecision(mode="disabled"))
         for p in self._prefilling:
             if p.seq.request_id == request_id:
                 self._prefilling.remove(p)
@@ -256,14 +256,14 @@ class VisionScheduler(Scheduler):
             return rejection(req.request_id, ErrorInfo(str(exc), param=exc.param, code="unsupported_schema"))
         seq = Sequence(
             request=req,
-            client=pending.client,
+            gateway=pending.gateway,
             prompt=Prompt(token_ids=enc.token_ids, starts_in_reasoning=enc.starts_in_reasoning),
             sampling=sampling,
             detokenizer=self.tokenizer.detokenizer,
             text=self.text_stream(req, enc.starts_in_reasoning),
             constraint=constraint,
             max_tokens=max_tokens,
-            cache=CacheInfo(mode="disabled", cached_tokens=0, processing_tokens=n_prompt),
+            cache_decision=CacheDecision(mode="disabled", cached_tokens=0, processing_tokens=n_prompt),
         )
         seq.arrived = pending.arrived
         self._prefilling.append(_Prefill(seq, enc.job, enc.inputs))
