@@ -329,13 +329,13 @@ def _register_serve() -> None:
 
 
 def _register_service() -> None:
-    """`kmlx service` lives in client/service.py (written separately); the
+    """`kmlx service` lives in client/service/ (written separately); the
     client must work with or without it, and a broken one must not take
     `kmlx chat` down with it."""
     try:
-        from client.service import service_app
+        from client.service.cli import service_app
     except ModuleNotFoundError as exc:
-        if exc.name in ("client.service",):
+        if exc.name in ("client.service", "client.service.cli"):
             return
         _service_unavailable(exc)
         return

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner, Result
 
-from client import service
-from client.service import service_app
+from client.service import cli as service
+from client.service.cli import service_app
 
 REPO = Path(__file__).resolve().parents[2]
 MODEL = "mlx-community/Qwen2.5-7B-Instruct-4bit"

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from client import service_render as sr
+from client.service import render as sr
 
 BIN = "/Users/me/kmlx/.venv/bin"
 TWO = (sr.WorkerSpec("qwen", "mlx-community/Qwen2.5-7B-Instruct-4bit", 5555),

@@ -4,7 +4,7 @@ Pure functions only: every path and name comes in through ``ServiceConfig``,
 so the same inputs always give byte-identical files (the checked-in examples
 in ``deploy/`` are compared against this output by the tests). Looking things
 up on the machine (venv, home, uid) and running launchctl/systemctl is the
-CLI's job, in ``client/service.py``; the parsers for their status output live
+CLI's job, in ``client/service/cli.py``; the parsers for their status output live
 here because they are pure text functions too.
 
 Plists are built as dicts and serialised with ``plistlib`` so they are always

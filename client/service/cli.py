@@ -1,7 +1,7 @@
 """`kmlx service`: render, install, uninstall and inspect kmlx as a service.
 
 launchd (macOS) or systemd (Linux). The files come from the pure renderer in
-``client/service_render.py``; this module only looks things up on the machine
+``client/service/render.py``; this module only looks things up on the machine
 (venv, home, uid) and runs launchctl/systemctl. ``--dry-run`` prints every
 file write and command instead of doing it.
 """
@@ -19,7 +19,7 @@ from typing import Annotated
 
 import typer
 
-from client import service_render as sr
+from client.service import render as sr
 
 service_app = typer.Typer(
     name="service",
