@@ -6,7 +6,7 @@
                                                   terminals paste dropped files)
 
 The client reads each file and sends its bytes as a data URL: the server
-never opens client paths (the seed sent paths for the server to open).
+never opens client paths (kamiwaza-mlx's client sent paths for the server to open).
 """
 
 from __future__ import annotations

@@ -8,8 +8,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-# The gateway listens on 18000 by default (the seed's port); the seed's own
-# client defaulted elsewhere, a bug users hit on first run.
+# The gateway listens on 18000 by default (kamiwaza-mlx's port); kamiwaza-mlx's
+# own client defaulted elsewhere, a bug users hit on first run.
 DEFAULT_BASE_URL = "http://localhost:18000/v1"
 
 ENV_BASE_URL = "KMLX_BASE_URL"

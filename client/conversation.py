@@ -32,7 +32,7 @@ class Conversation:
         return head + self.messages + [{"role": "user", "content": user}]
 
     def commit(self, user: Content, answer: str) -> None:
-        """Record a finished turn (the streamed answer included: the seed forgot it)."""
+        """Record a finished turn (the streamed answer included: kamiwaza-mlx's client forgot it)."""
         self.messages.append({"role": "user", "content": user})
         self.messages.append({"role": "assistant", "content": answer})
 

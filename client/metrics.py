@@ -8,7 +8,7 @@ from client.turn import TurnResult
 
 
 def cached_tokens(result: TurnResult) -> int | None:
-    """OpenAI's name, the seed's name, then the gateway's header."""
+    """OpenAI's name, kamiwaza-mlx's name, then the gateway's header."""
     usage = result.usage
     for key in ("prompt_tokens_details", "input_tokens_details"):
         details = usage.get(key)

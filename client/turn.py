@@ -64,7 +64,7 @@ def request_body(conv: Conversation, user: Content, settings: ChatSettings) -> d
     }
     if settings.model:
         body["model"] = settings.model
-    # `max_tokens` is the field servers read (the seed sent another name).
+    # `max_tokens` is the field servers read (kamiwaza-mlx's client sent another name).
     for key in ("max_tokens", "temperature", "top_p"):
         value = getattr(settings, key)
         if value is not None:

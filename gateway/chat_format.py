@@ -14,6 +14,7 @@ import msgspec
 
 from protocol.messages import RequestOutput, TokenLogprob, ToolCallDelta, Usage
 
+from . import compat
 from .dispatch import Admitted, joined_text
 from .errors import APIError
 
@@ -21,7 +22,7 @@ _json = msgspec.json.Encoder()
 
 
 def usage_json(u: Usage) -> dict[str, Any]:
-    """OpenAI names plus the seed's aliases, and decode speed.
+    """OpenAI names plus kamiwaza-mlx's aliases (compat.py), and decode speed.
 
     ``tokens_per_second`` is completion tokens per second of decoding
     (first token to last), not prompt+completion over wall time.
@@ -34,10 +35,7 @@ def usage_json(u: Usage) -> dict[str, Any]:
         "prompt_tokens_details": {"cached_tokens": u.cached_tokens},
         "tokens_per_second": round(tps, 2),
         "time_to_first_token": round(u.ttft_seconds, 4),
-        # the seed's names, kept so its clients need no change
-        "input_tokens": u.prompt_tokens,
-        "output_tokens": u.completion_tokens,
-        "input_tokens_details": {"cached_tokens": u.cached_tokens},
+        **compat.usage_aliases(u),
     }
 
 
@@ -65,7 +63,7 @@ def completion(
         "model": model,
         "choices": choices,
         "usage": usage_json(usage),
-        "metadata": {"conversation_id": conversation_id},
+        "metadata": compat.completion_metadata(conversation_id),
     }
 
 

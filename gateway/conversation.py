@@ -1,4 +1,4 @@
-"""Which conversation a request belongs to (the seed's resolution order)."""
+"""Which conversation a request belongs to (kamiwaza-mlx's resolution order)."""
 
 from __future__ import annotations
 

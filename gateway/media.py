@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, unquote_to_bytes, urlparse
 
+from . import compat
 from .errors import APIError
 from .url_guard import BlockedURL, ensure_public
 
@@ -74,17 +75,6 @@ def media_params(messages: list[dict[str, Any]], names: dict[tuple[int, int], st
 
 def _name(names: dict[tuple[int, int], str] | None, i: int, j: int) -> str:
     return (names or {}).get((i, j)) or f"messages[{i}].content[{j}]"
-
-
-def top_level_image_names(body: Any) -> dict[tuple[int, int], str]:
-    """Where ``wire_messages`` put the seed's top-level ``images`` (appended
-    to the last user message), so errors name ``images[k]`` as sent."""
-    if not body.images:
-        return {}
-    last_user = max(i for i, m in enumerate(body.messages) if m.role == "user")
-    content = body.messages[last_user].content
-    first = len(content) if isinstance(content, list) else 1
-    return {(last_user, first + k): f"images[{k}]" for k in range(len(body.images))}
 
 
 def check_vision_capable(capabilities: list[list[str]], model_id: str, params: list[str]) -> None:
@@ -291,7 +281,7 @@ async def wire_messages_with_media(
     before anything is fetched. ``names``: the client's names of message
     parts, when its API is not chat."""
     messages = body.wire_messages()
-    names = {**top_level_image_names(body), **(names or {})}
+    names = {**compat.top_level_image_names(body), **(names or {})}
     params = media_params(messages, names)
     if not params:
         return messages

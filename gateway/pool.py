@@ -86,8 +86,8 @@ class WorkerPool:
 
         A model some worker serves (or served before it went down) is
         honoured; anything else (clients often send a placeholder such as
-        "gpt-4") maps to the first ready worker's model, as the single-model
-        seed did.
+        "gpt-4") maps to the first ready worker's model, as single-model
+        kamiwaza-mlx did.
         """
         known = {w.state.info.model_id for w in self.workers if w.state.info is not None}
         if model in known:

@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from protocol.messages import SamplingParams
 
+from . import compat
 from .agent_fields import (
     MAX_TOOLS,
     TOP_LOGPROBS_MAX,
@@ -159,7 +160,7 @@ class ChatCompletionRequest(SamplingFields):
     response_format: ResponseFormatField | None = None
     chat_template_kwargs: dict[str, Any] | None = None
     reasoning_effort: Literal["none", "minimal", "low", "medium", "high", "xhigh", "max"] | None = None
-    # kmlx / seed extensions
+    # kmlx extensions; ``images`` is for kamiwaza-mlx compatibility (compat.py)
     strip_thinking: bool | None = None
     conversation: str | None = None
     conversation_id: str | None = None
@@ -201,18 +202,9 @@ class ChatCompletionRequest(SamplingFields):
             raise APIError(400, "top_logprobs: needs logprobs set to true", param="top_logprobs", code="invalid_value")
 
     def wire_messages(self) -> list[dict[str, Any]]:
-        """Messages for the worker, with the seed's top-level ``images``
-        attached to the last user message as image parts."""
-        msgs = [m.model_dump(exclude_none=True) for m in self.messages]
-        if self.images:
-            last_user = max((i for i, m in enumerate(msgs) if m["role"] == "user"), default=None)
-            if last_user is None:
-                raise APIError(400, "`images` needs a user message to attach to", param="images")
-            content = msgs[last_user]["content"]
-            parts = [{"type": "text", "text": content}] if isinstance(content, str) else list(content)
-            parts += [{"type": "image_url", "image_url": {"url": u}} for u in self.images]
-            msgs[last_user]["content"] = parts
-        return msgs
+        """Messages for the worker, with the top-level ``images``
+        (kamiwaza-mlx compatibility) attached to the last user message."""
+        return compat.attach_images([m.model_dump(exclude_none=True) for m in self.messages], self.images)
 
 
 def parse_chat_request(raw: bytes) -> ChatCompletionRequest:

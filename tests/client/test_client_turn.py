@@ -47,7 +47,7 @@ def test_streamed_turn_is_sent_right_and_kept(gw: Gateway, fake_gateway: FakeGat
     assert body["stream"] is True and body["stream_options"] == {"include_usage": True}
     assert body["messages"] == [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "hi there"}]
     assert fake_gateway.requests[-1]["headers"]["Authorization"] == "Bearer sk-test"
-    # the streamed answer is part of the history (the seed dropped it)
+    # the streamed answer is part of the history (kamiwaza-mlx's client dropped it)
     assert conv.messages[-1] == {"role": "assistant", "content": res.text}
     assert res.conv.kv == "fresh" and res.conv.conv_id == conv.id
     assert res.usage["completion_tokens"] > 0 and res.ttft is not None
@@ -73,7 +73,7 @@ def test_non_stream_sends_once(gw: Gateway, fake_gateway: FakeGateway) -> None:
     conv = Conversation()
     sink = Sink()
     res = run_turn(gw, conv, "THINK hard", ChatSettings(stream=False), sink)
-    assert len(fake_gateway.chat_requests) == 1  # the seed sent every request twice
+    assert len(fake_gateway.chat_requests) == 1  # kamiwaza-mlx's client sent every request twice
     assert "stream_options" not in fake_gateway.chat_requests[0]
     assert sink.text == "The answer is 42." and sink.thought == "Let me think about it."
     assert conv.messages[-1]["content"] == "The answer is 42."  # reasoning is not history

@@ -65,7 +65,7 @@ def test_the_image_reaches_the_model(client):
 
 def test_usage_counts_tokens_not_characters(client):
     """A 64x64 image is 4 merged patches (+2 markers) for Qwen2-VL; its data
-    URL is thousands of characters. The seed billed the characters."""
+    URL is thousands of characters. kamiwaza-mlx billed the characters."""
     url = data_url(image_bytes("noise", size=(64, 64)))
     assert len(url) > 5000
     _, with_image = answer(client, ask_about(image_part(url)), max_tokens=2)
@@ -85,7 +85,7 @@ def test_stream_matches_non_stream(client):
 
 
 def test_top_level_images(vision_stack, client):
-    """The seed's ``images: [...]`` are attached after the last user message's text."""
+    """Top-level ``images: [...]`` (kamiwaza-mlx compatibility) are attached after the last user message's text."""
     url = data_url(image_bytes("noise", seed=11))
     r = post(vision_stack, {"messages": [{"role": "user", "content": "Describe this."}], "images": [url],
                             "max_tokens": 8, **GREEDY})

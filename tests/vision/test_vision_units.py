@@ -127,7 +127,8 @@ def test_local_paths_only_inside_allowed_dirs(tmp_path):
 
 
 def test_top_level_images_keep_their_names():
-    from gateway.media import media_params, top_level_image_names
+    from gateway.compat import top_level_image_names
+    from gateway.media import media_params
     from gateway.schemas import ChatCompletionRequest
 
     body = ChatCompletionRequest.model_validate({

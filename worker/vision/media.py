@@ -17,7 +17,7 @@ from typing import Any
 
 from ..config import DEFAULTS
 
-PATCH = 32  # the seed's unit: images are limited to N patches of 32x32 pixels
+PATCH = 32  # kamiwaza-mlx's unit: images are limited to N patches of 32x32 pixels
 
 
 class MediaError(ValueError):
