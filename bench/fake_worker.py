@@ -9,6 +9,9 @@ stream when the worker is never the bottleneck.
     python -m bench.fake_worker --bind tcp://127.0.0.1:5599 --step-rate 1000
 
 ``--step-rate 0`` steps as fast as it can (the gateway then coalesces).
+Tests use it where the pace matters (a stream that must still be running
+when the client leaves): the pace is the step rate, not the CPU's speed.
+``--bind tcp://127.0.0.1:0`` picks a free port; the endpoint is printed.
 """
 
 from __future__ import annotations
@@ -55,12 +58,13 @@ def serve(bind: str, step_rate: float, name: str) -> None:
     sock.setsockopt(zmq.SNDHWM, 0)
     sock.setsockopt(zmq.RCVHWM, 0)
     sock.bind(bind)
+    print(f"listening on {sock.getsockopt_string(zmq.LAST_ENDPOINT)}", flush=True)
     info = WorkerInfo(
         protocol_version=PROTOCOL_VERSION, worker_id=name, model_id="fake", created=int(time.time()),
         context_length=1 << 20, capabilities=["chat"], max_running=100_000, max_queued=100_000,
     )
     seqs: dict[str, _Seq] = {}
-    steps = 0
+    steps = aborted = 0
     interval = 1.0 / step_rate if step_rate > 0 else 0.0
     next_step = time.perf_counter()
     poller = zmq.Poller()
@@ -83,10 +87,14 @@ def serve(bind: str, step_rate: float, name: str) -> None:
                     sock.send_multipart([gateway, codec.encode(StepOutputs(outputs=[first], load=_load(seqs, steps)))])
                 elif isinstance(msg, Abort):
                     for rid in msg.request_ids:
-                        seqs.pop(rid, None)
+                        aborted += seqs.pop(rid, None) is not None
                 elif isinstance(msg, ControlCall):
-                    result = {"pong": True, "steps": steps} if msg.method == "ping" else {"worker_id": name, "model": "fake", "steps": steps}
-                    sock.send_multipart([gateway, codec.encode(ControlReply(msg.call_id, result=result))])
+                    if msg.method == "ping":
+                        reply = ControlReply(msg.call_id, load=_load(seqs, steps))
+                    else:
+                        stats = {"worker_id": name, "model": "fake", "steps": steps, "running": len(seqs), "aborted": aborted}
+                        reply = ControlReply(msg.call_id, result=stats)
+                    sock.send_multipart([gateway, codec.encode(reply)])
         if not seqs or time.perf_counter() < next_step:
             continue
         next_step = max(next_step + interval, time.perf_counter() - interval)  # no burst after a stall

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 from collections.abc import Callable, Generator, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from tests.support.e2e import E2E, ProcessGuard, starts_processes, uses_process_fixture
-from tests.support.processes import Stack, start_stack
+from tests.support.processes import Stack, start_fake_stack, start_stack
 from worker.models import ensure_fast_blas
 
 # Before anything imports MLX: in-process tests then run float32 matmuls on
@@ -80,3 +81,21 @@ def make_stack(log_dir: Path) -> Iterator[Callable[..., Stack]]:
     yield make
     for s in stacks:
         s.stop()
+
+
+@pytest.fixture
+@starts_processes
+def make_fake_stack(log_dir: Path) -> Iterator[Callable[..., Stack]]:
+    """Factory for a gateway in front of a paced fake worker (``start_fake_stack``):
+    for tests that need a request to still be running, whatever the CPU."""
+    stacks: list[Stack] = []
+
+    def make(**kwargs: Any) -> Stack:
+        stack = start_fake_stack(log_dir, **kwargs)
+        stacks.append(stack)
+        return stack
+
+    yield make
+    for s in stacks:
+        s.stop()
+

@@ -22,6 +22,7 @@ if TYPE_CHECKING:  # loading MLX is the worker's first real work, not an import 
     from .generation_config import SamplingDefaults
     from .kv.manager import PromptCacheManager
     from .models.loaded import LoadedModel
+    from .transport import InboxItem, Transport
 
 log = logging.getLogger("kmlx.worker")
 
@@ -123,18 +124,32 @@ def main(argv: list[str] | None = None) -> None:
 
     blas = ensure_fast_blas()  # may re-exec this process with a fast BLAS preloaded
     log.info("linear algebra: %s", blas)
+    # Bind before loading the model: a taken port fails now, not a minute
+    # later, and with port 0 the chosen endpoint is known (and logged) at once.
+    import zmq
+
+    from .transport import Transport
+
+    inbox: queue.Queue[InboxItem] = queue.Queue()
+    try:
+        transport = Transport(args.bind, inbox)
+    except zmq.ZMQError as exc:
+        print(f"kmlx-worker: cannot bind {args.bind}: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+    log.info("listening on %s", transport.endpoint)
     t0 = time.perf_counter()
     try:
         loaded = load_model(args.model, vision=args.vision, weights=args.weights)
     except ModelLoadError as exc:
         print(f"kmlx-worker: {exc}", file=sys.stderr)
+        transport.close("model load failed")
         raise SystemExit(2) from None
     adopt_library_loggers()
     log.info(
         "loaded %s (%s weights, context %d) from %s in %.2fs",
         loaded.model_id, loaded.weights, loaded.context_length, loaded.path, time.perf_counter() - t0,
     )
-    serve(args, loaded)
+    serve(args, loaded, transport, inbox)
 
 
 def _default_prefill_chunk() -> int:
@@ -186,13 +201,13 @@ def _sampling_defaults(args: argparse.Namespace, loaded: LoadedModel) -> Samplin
     return defaults
 
 
-def serve(args: argparse.Namespace, loaded: LoadedModel) -> None:
+def serve(args: argparse.Namespace, loaded: LoadedModel, transport: Transport, inbox: queue.Queue[InboxItem]) -> None:
     # The IO thread must get the GIL quickly when a step's outputs are ready;
     # Python's default 5 ms switch interval would delay every token's send.
     sys.setswitchinterval(0.0005)
     from .engine import Engine
     from .scheduler import Scheduler, SchedulerLimits
-    from .transport import InboxItem, Transport, Wake
+    from .transport import Wake
     from .watchdog import Watchdog
 
     limits = SchedulerLimits(
@@ -227,12 +242,10 @@ def serve(args: argparse.Namespace, loaded: LoadedModel) -> None:
         max_running=args.max_running,
         max_queued=args.max_queued,
     )
-    inbox: queue.Queue[InboxItem] = queue.Queue()
-    transport = Transport(args.bind, info, inbox)
     engine = Engine(scheduler, transport, inbox)
     # The prompt (and media) threads wake an idle compute loop when a job is done.
     scheduler.set_wake(lambda: inbox.put(Wake("job done")))
-    transport.start()
+    transport.start(info)
     log.info("worker %s serving %s on %s", info.worker_id, info.model_id, transport.endpoint)
 
     watchdog = Watchdog(

@@ -54,9 +54,13 @@ InboxItem = Incoming | GatewayGone | Wake | LoopStalled  # LoopStalled: from the
 
 
 class Transport:
-    def __init__(self, bind: str, info: WorkerInfo, inbox: queue.Queue[InboxItem]):
+    """Binds at once (a taken port fails before the model is loaded; port 0
+    picks a free one, see ``endpoint``); serves once ``start`` says what."""
+
+    info: WorkerInfo  # the handshake reply, set by ``start``
+
+    def __init__(self, bind: str, inbox: queue.Queue[InboxItem]):
         self.bind = bind
-        self.info = info
         self.inbox = inbox
         self._ctx = zmq.Context()
         self._sock = self._ctx.socket(zmq.ROUTER)
@@ -81,7 +85,10 @@ class Transport:
     def endpoint(self) -> str:
         return self._sock.getsockopt_string(zmq.LAST_ENDPOINT)
 
-    def start(self) -> None:
+    def start(self, info: WorkerInfo) -> None:
+        """Answer handshakes with ``info`` and start moving messages (frames
+        that arrived since the bind are waiting in the socket)."""
+        self.info = info
         self._thread.start()
 
     def send(self, gateway: bytes | None, msg: msgspec.Struct) -> None:
@@ -92,10 +99,11 @@ class Transport:
 
     def close(self, reason: str) -> None:
         """Say goodbye to every gateway, flush, and stop the IO thread."""
-        self.send(None, GoingAway(worker_id=self.info.worker_id, reason=reason))
-        self._stopping.set()
-        os.write(self._wake_w, b"x")
-        self._thread.join(timeout=5)
+        if self._thread.is_alive():
+            self.send(None, GoingAway(worker_id=self.info.worker_id, reason=reason))
+            self._stopping.set()
+            os.write(self._wake_w, b"x")
+            self._thread.join(timeout=5)
         self._sock.close(linger=1000)
         self._ctx.term()
         os.close(self._wake_r)

@@ -53,35 +53,43 @@ def test_eight_concurrent_streams_are_batched(tiny_stack):
     assert steps < n * tokens * 0.6, f"{steps} steps for {n * tokens} tokens"
 
 
-def test_closed_stream_is_aborted_on_the_worker(tiny_stack):
-    before = tiny_stack.worker_stats()[0]["aborted"]
-    body = {"messages": [{"role": "user", "content": "Go on forever"}], "max_tokens": 1500, "stream": True}
-    with httpx.stream("POST", f"{tiny_stack.base_url}/chat/completions", json=body, timeout=60) as r:
+# The next tests need a request that is still running when the client leaves
+# or the worker dies: a fake worker paced at STEP_RATE tokens a second makes
+# that hold on any CPU (the real worker's own abort path is tested in
+# process, and with the terminal client in tests/client/test_repl_e2e.py).
+STEP_RATE = 20
+LONG = 1500  # tokens: over a minute at STEP_RATE
+
+
+def test_closed_stream_is_aborted_on_the_worker(make_fake_stack):
+    stack = make_fake_stack(step_rate=STEP_RATE)
+    body = {"messages": [{"role": "user", "content": "Go on forever"}], "max_tokens": LONG, "stream": True}
+    with httpx.stream("POST", f"{stack.base_url}/chat/completions", json=body, timeout=60) as r:
         for i, _line in enumerate(r.iter_lines()):
             if i > 6:
                 break  # leave mid-stream
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
-        stats = tiny_stack.worker_stats()[0]
-        if stats["aborted"] > before and stats["running"] == 0:
+        stats = stack.worker_stats()[0]
+        if stats["aborted"] and stats["running"] == 0:
             break
         time.sleep(0.1)
-    assert stats["aborted"] == before + 1
+    assert stats["aborted"] == 1
     assert stats["running"] == 0
     # and the worker keeps serving
-    r = httpx.post(f"{tiny_stack.base_url}/chat/completions", json={"messages": [{"role": "user", "content": "hi"}], "max_tokens": 3}, timeout=60)
+    r = httpx.post(f"{stack.base_url}/chat/completions", json={"messages": [{"role": "user", "content": "hi"}], "max_tokens": 3}, timeout=60)
     assert r.status_code == 200
 
 
-def test_disconnected_non_stream_request_is_aborted(tiny_stack):
-    before = tiny_stack.worker_stats()[0]["aborted"]
-    body = {"messages": [{"role": "user", "content": "Go on forever"}], "max_tokens": 1500}
+def test_disconnected_non_stream_request_is_aborted(make_fake_stack):
+    stack = make_fake_stack(step_rate=STEP_RATE)
+    body = {"messages": [{"role": "user", "content": "Go on forever"}], "max_tokens": LONG}
     with pytest.raises(httpx.ReadTimeout):
-        httpx.post(f"{tiny_stack.base_url}/chat/completions", json=body, timeout=1.0)
+        httpx.post(f"{stack.base_url}/chat/completions", json=body, timeout=1.0)
     deadline = time.monotonic() + 10
-    while time.monotonic() < deadline and tiny_stack.worker_stats()[0]["aborted"] == before:
+    while time.monotonic() < deadline and stack.worker_stats()[0]["aborted"] == 0:
         time.sleep(0.1)
-    assert tiny_stack.worker_stats()[0]["aborted"] == before + 1
+    assert stack.worker_stats()[0]["aborted"] == 1
 
 
 @pytest.mark.e2e  # starts a child process
@@ -113,9 +121,9 @@ def test_gateway_started_before_worker_waits_then_serves(tiny_model_path, log_di
             worker.stop()
 
 
-def test_killed_worker_ends_streams_with_an_error_and_health_turns_503(make_stack, tiny_model_path):
-    stack = make_stack(tiny_model_path)
-    body = {"messages": [{"role": "user", "content": "Keep going"}], "max_tokens": 1500, "stream": True}
+def test_killed_worker_ends_streams_with_an_error_and_health_turns_503(make_fake_stack):
+    stack = make_fake_stack(step_rate=STEP_RATE)
+    body = {"messages": [{"role": "user", "content": "Keep going"}], "max_tokens": LONG, "stream": True}
     events: list[dict] = []
     with httpx.stream("POST", f"{stack.base_url}/chat/completions", json=body, timeout=30) as r:
         for line in r.iter_lines():
@@ -138,7 +146,9 @@ def test_worker_sigterm_drains_running_requests(make_stack, tiny_model_path):
     result: list[str] = []
     t = threading.Thread(target=lambda: result.append(stream_tokens(stack.base_url, "Drain me", 60, stamps)))
     t.start()
+    deadline = time.monotonic() + 120
     while not stamps:
+        assert time.monotonic() < deadline and t.is_alive(), "the stream never started"
         time.sleep(0.02)
     stack.workers[0].popen.send_signal(signal.SIGTERM)
     t.join(60)

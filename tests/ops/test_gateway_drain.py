@@ -12,9 +12,11 @@ import httpx
 from tests.support.metrics import scrape, total
 
 
-def test_sigterm_drains_a_running_stream_then_exits_0(make_stack, tiny_model_path):
-    stack = make_stack(tiny_model_path, gateway_args=["--drain-timeout", "300"])
-    max_tokens = 600  # long enough that the stream is still running while we probe
+def test_sigterm_drains_a_running_stream_then_exits_0(make_fake_stack):
+    # A fake worker at 20 tokens a second: the stream is still running while
+    # we probe (15 s), on any CPU.
+    stack = make_fake_stack(step_rate=20, gateway_args=["--drain-timeout", "300"])
+    max_tokens = 300
     body = {"messages": [{"role": "user", "content": "Keep talking"}], "max_tokens": max_tokens, "ignore_eos": True,
             "stream": True, "stream_options": {"include_usage": True}}
     started = threading.Event()

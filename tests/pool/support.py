@@ -11,7 +11,7 @@ from pathlib import Path
 
 import httpx
 
-from tests.support.processes import Proc, start_gateway, start_worker, wait_healthy
+from tests.support.processes import Proc, start_fake_worker, start_gateway, start_worker, wait_healthy
 
 
 @dataclass
@@ -49,12 +49,18 @@ class Pool:
 
 
 def start_pool(
-    workers: dict[str, Path], log_dir: Path, *, gateways: list[list[str]] | None = None, worker_args: Sequence[str] = ()
+    workers: dict[str, Path], log_dir: Path, *, gateways: list[list[str]] | None = None, worker_args: Sequence[str] = (),
+    fake_step_rate: float | None = None,
 ) -> Pool:
     """Workers named as given (``--name``, so their ids are known), then one
     gateway per entry of ``gateways`` (its extra arguments), each in front
-    of every worker; returns once every gateway sees every worker ready."""
-    pool = Pool({name: start_worker(model, log_dir, name=name, args=list(worker_args)) for name, model in workers.items()}, log_dir=log_dir)
+    of every worker; returns once every gateway sees every worker ready.
+    With ``fake_step_rate`` the workers are paced fake ones (no model)."""
+    if fake_step_rate is not None:
+        started = {name: start_fake_worker(log_dir, step_rate=fake_step_rate, name=name) for name in workers}
+    else:
+        started = {name: start_worker(model, log_dir, name=name, args=list(worker_args)) for name, model in workers.items()}
+    pool = Pool(started, log_dir=log_dir)
     try:
         addresses = [a for _, a in pool.workers.values()]
         for i, args in enumerate(gateways or [[]]):

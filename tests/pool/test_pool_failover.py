@@ -11,9 +11,10 @@ import httpx
 
 from gateway.routing import rendezvous_order
 from tests.pool.support import StreamResult, chat, stream
-from tests.support.processes import start_worker
+from tests.support.processes import start_fake_worker
 
 NAMES = ["w0", "w1"]
+FAKE_STEP_RATE = 50
 
 
 def conversations_homed_on(name: str, count: int, prefix: str) -> list[str]:
@@ -29,7 +30,9 @@ def conversations_homed_on(name: str, count: int, prefix: str) -> list[str]:
 
 
 def test_kill_9_mid_stream_fails_only_that_workers_streams_and_it_rejoins(make_pool, tiny_model_path: Path):
-    pool = make_pool({n: tiny_model_path for n in NAMES}, gateways=[[], []])
+    # Fake workers at 50 tokens a second: the streams are still running when
+    # w0 is killed, however fast the CPU (600 tokens take 12 s).
+    pool = make_pool({n: tiny_model_path for n in NAMES}, gateways=[[], []], fake_step_rate=FAKE_STEP_RATE)
     victim_convs = conversations_homed_on("w0", 2, "doomed")
     survivor_convs = conversations_homed_on("w1", 2, "lucky")
     results: dict[str, StreamResult] = {}
@@ -53,7 +56,9 @@ def test_kill_9_mid_stream_fails_only_that_workers_streams_and_it_rejoins(make_p
         t.start()
     for e in started.values():
         assert e.wait(120)
+    deadline = time.monotonic() + 60
     while next(w for w in pool.health(0)["workers"] if w["worker_id"] == "w0")["inflight"] < 2:
+        assert time.monotonic() < deadline, "gateway 0 never had two requests on w0"
         time.sleep(0.05)  # gateway 0 has sent w0 one stream and the plain request
     victim, victim_address = pool.workers["w0"]
     victim.popen.send_signal(signal.SIGKILL)
@@ -86,7 +91,7 @@ def test_kill_9_mid_stream_fails_only_that_workers_streams_and_it_rejoins(make_p
     # Restarted on the same address, it rejoins both gateways by itself and
     # gets its conversations back.
     port = int(victim_address.rsplit(":", 1)[1])
-    pool.workers["w0"] = start_worker(tiny_model_path, pool.log_dir, port=port, name="w0")
+    pool.workers["w0"] = start_fake_worker(pool.log_dir, step_rate=FAKE_STEP_RATE, name="w0", port=port)
     for g in (0, 1):
         pool.wait_ready({"w0", "w1"}, gateway=g, timeout=120)
         resp = chat(pool.url(g), "back again", conversation=victim_convs[0])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -18,9 +19,27 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def free_port() -> int:
+    """A port that was free a moment ago. Another process may take it before
+    the caller binds it: only for a test that must name a worker's address
+    before the worker exists. Everything else binds port 0 and reads the
+    port the process reports (``start_worker``, ``start_gateway``)."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def reported(proc: Proc, pattern: str, timeout: float = 60.0) -> str:
+    """The first match of ``pattern`` (its group 1) in ``proc``'s log: how a
+    process started on port 0 tells which port it got."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        m = re.search(pattern, proc.log())
+        if m:
+            return m.group(1)
+        if not proc.alive():
+            raise RuntimeError(f"{proc.name} exited with {proc.popen.returncode}:\n{proc.log()[-4000:]}")
+        time.sleep(0.05)
+    raise TimeoutError(f"{proc.name} did not report /{pattern}/ within {timeout}s:\n{proc.log()[-4000:]}")
 
 
 @dataclass
@@ -64,24 +83,34 @@ def start_worker(
     model: str | Path, log_dir: Path, *, port: int | None = None, args: Sequence[str] = (), name: str = "worker",
     env: dict[str, str] | None = None,
 ) -> tuple[Proc, str]:
-    port = port or free_port()
-    address = f"tcp://127.0.0.1:{port}"
+    """A worker process and its address. Without ``port`` it binds port 0
+    and the address is the one it reports (it binds before loading the
+    model, so this returns quickly)."""
     args = list(args)
-    # Caches on disk are private to the test run unless a test picks the dirs.
-    cache_root = log_dir / f"caches-{name}-{port}"
+    bind = f"tcp://127.0.0.1:{port or 0}"
+    # Caches on disk are private to the test run unless a test picks the dirs;
+    # a worker restarted on the same address finds the ones it had.
+    cache_root = _CACHE_ROOTS.get(bind) or log_dir / f"caches-{name}-{time.monotonic_ns()}"
     if "--prompt-cache-dir" not in args:
         args += ["--prompt-cache-dir", str(cache_root / "prefix")]
     if "--conversation-disk-dir" not in args:
         args += ["--conversation-disk-dir", str(cache_root / "conversations")]
-    proc = spawn(name, ["-m", "worker", "-m", str(model), "--bind", address, "--name", name, *args], log_dir, env)
+    proc = spawn(name, ["-m", "worker", "-m", str(model), "--bind", bind, "--name", name, *args], log_dir, env)
+    address = bind if port else reported(proc, r"listening on (tcp://127\.0\.0\.1:\d+)")
+    _CACHE_ROOTS[address] = cache_root
     return proc, address
 
 
+_CACHE_ROOTS: dict[str, Path] = {}  # worker address -> its cache directories
+
+
 def start_gateway(workers: list[str], log_dir: Path, *, port: int | None = None, args: Sequence[str] = (), name: str = "gateway") -> tuple[Proc, str]:
-    port = port or free_port()
+    """A gateway process and its root URL. Without ``port`` it listens on
+    port 0 and the URL is the one it reports."""
     worker_args = [a for w in workers for a in ("--worker", w)]
-    proc = spawn(name, ["-m", "gateway", "--host", "127.0.0.1", "--port", str(port), *worker_args, *args], log_dir)
-    return proc, f"http://127.0.0.1:{port}"
+    proc = spawn(name, ["-m", "gateway", "--host", "127.0.0.1", "--port", str(port or 0), *worker_args, *args], log_dir)
+    root = f"http://127.0.0.1:{port}" if port else reported(proc, r"running on (http://127\.0\.0\.1:\d+)")
+    return proc, root
 
 
 def wait_healthy(root_url: str, procs: list[Proc], timeout: float = 120.0) -> None:
@@ -139,3 +168,28 @@ def start_stack(
         stack.stop()
         raise
     return stack
+
+
+def start_fake_worker(log_dir: Path, *, step_rate: float, name: str = "fake-worker", port: int | None = None) -> tuple[Proc, str]:
+    """``bench/fake_worker.py``: the real protocol, no model, one token per
+    request per step at ``step_rate`` steps a second. For tests where the
+    pace matters (a stream still running when the client leaves or a
+    process dies), so the pace does not depend on how fast the CPU is."""
+    bind = f"tcp://127.0.0.1:{port or 0}"
+    proc = spawn(name, ["-m", "bench.fake_worker", "--bind", bind, "--step-rate", str(step_rate), "--name", name], log_dir)
+    address = bind if port else reported(proc, r"listening on (tcp://127\.0\.0\.1:\d+)")
+    return proc, address
+
+
+def start_fake_stack(log_dir: Path, *, step_rate: float, gateway_args: Sequence[str] = ()) -> Stack:
+    """A real gateway in front of one paced fake worker."""
+    worker, address = start_fake_worker(log_dir, step_rate=step_rate)
+    gateway, root = start_gateway([address], log_dir, args=list(gateway_args))
+    stack = Stack(root, gateway, [worker], [address])
+    try:
+        wait_healthy(root, [gateway, worker])
+    except Exception:
+        stack.stop()
+        raise
+    return stack
+

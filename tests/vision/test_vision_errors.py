@@ -75,7 +75,8 @@ def test_the_worker_keeps_serving_after_bad_media(vision_stack):
     bad = [with_image(data_url(truncated_jpeg(), "image/jpeg")), with_image("data:,nope")]
     for body in bad:
         assert post(vision_stack, body).status_code == 400
-    good = post(vision_stack, with_image(data_url(image_bytes("blue"))))
+    # ignore_eos: the random-weight model may sample its end token early
+    good = post(vision_stack, {**with_image(data_url(image_bytes("blue"))), "ignore_eos": True})
     assert good.status_code == 200, good.text
     assert good.json()["usage"]["completion_tokens"] == 4
     assert all(w.alive() for w in vision_stack.workers)
