@@ -159,7 +159,12 @@ def start_stack(
     model: str | Path, log_dir: Path, *, worker_args: Sequence[str] = (), gateway_args: Sequence[str] = (),
     worker_env: dict[str, str] | None = None,
 ) -> Stack:
-    worker, address = start_worker(model, log_dir, args=list(worker_args), env=worker_env)
+    return _stack_in_front_of(start_worker(model, log_dir, args=list(worker_args), env=worker_env), log_dir, gateway_args)
+
+
+def _stack_in_front_of(worker_and_address: tuple[Proc, str], log_dir: Path, gateway_args: Sequence[str]) -> Stack:
+    """A gateway in front of a started worker; returns once /health is 200."""
+    worker, address = worker_and_address
     gateway, root = start_gateway([address], log_dir, args=list(gateway_args))
     stack = Stack(root, gateway, [worker], [address])
     try:
@@ -183,13 +188,5 @@ def start_fake_worker(log_dir: Path, *, step_rate: float, name: str = "fake-work
 
 def start_fake_stack(log_dir: Path, *, step_rate: float, gateway_args: Sequence[str] = ()) -> Stack:
     """A real gateway in front of one paced fake worker."""
-    worker, address = start_fake_worker(log_dir, step_rate=step_rate)
-    gateway, root = start_gateway([address], log_dir, args=list(gateway_args))
-    stack = Stack(root, gateway, [worker], [address])
-    try:
-        wait_healthy(root, [gateway, worker])
-    except Exception:
-        stack.stop()
-        raise
-    return stack
+    return _stack_in_front_of(start_fake_worker(log_dir, step_rate=step_rate), log_dir, gateway_args)
 
