@@ -100,8 +100,11 @@ def test_removed_sequences_stop_and_can_return_their_state(batch: Batch, prompt:
     keep = batch.add(SequenceSpec(prompt, max_tokens=50, stop_on_eos=False))
     drop = batch.add(SequenceSpec(prompt, max_tokens=50, stop_on_eos=False))
     seen: list[Token] = []
-    while len(seen) < 2:  # both decoding
+    for _ in range(64):
+        if len(seen) >= 2:  # both decoding
+            break
         seen += batch.step().tokens
+    assert len(seen) >= 2, "the sequences never started decoding"
     states = batch.remove([keep], keep_state=True)
     assert batch.remove([drop]) == {}
     assert set(states) == {keep}

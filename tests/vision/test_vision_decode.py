@@ -69,11 +69,14 @@ def _batched(model, processor, inputs, *, rerotate: bool, chunk: int):
     uid = gen.add(SequenceSpec([last], max_tokens=STEPS, cache=cache))
     tokens: list[int] = []
     logprobs = []
-    while len(tokens) < STEPS:
+    for _ in range(STEPS * 20):  # a bound: prefill takes a few steps, then one token each
+        if len(tokens) >= STEPS:
+            break
         for r in gen.step().tokens:
             if r.uid == uid:
                 tokens.append(r.token)
                 logprobs.append(r.logprobs)
+    assert len(tokens) == STEPS, f"only {len(tokens)} tokens decoded"
     return tokens, logprobs
 
 
