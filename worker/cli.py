@@ -66,7 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--chat-template-kwargs", type=_json_object, default=None,
                    help='JSON object of chat-template variables for every request, e.g. \'{"enable_thinking": false}\' '
                         "(a request's chat_template_kwargs override them; variables the template does not read are skipped)")
-    g.add_argument("--grammar-cache-size", type=int, default=64,
+    g.add_argument("--grammar-cache-size", type=int, default=d.grammar_cache_size,
                    help="compiled grammars kept (response_format schemas, forced tool calls), least recently used dropped first")
     c = p.add_argument_group("prompt caching")
     c.add_argument("--disable-kv-cache", action="store_true", help="no conversation or prefix caching at all")

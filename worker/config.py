@@ -31,6 +31,7 @@ class WorkerConfig:
     stall_timeout: float = 60.0  # a compute loop without progress this long is declared stuck (0: never)
     # sampling defaults: the model's generation_config.json ("auto") before the --default-* flags
     generation_config: str = "auto"
+    grammar_cache_size: int = 64  # compiled grammars kept (response_format schemas, forced tool calls)
     # prompt caching (docs/prompt-caching.md)
     enable_prefix_caching: bool = True
     prompt_cache_dir: str = "./.cache/mlx_prompt_caches/"

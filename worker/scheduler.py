@@ -88,7 +88,7 @@ class Scheduler:
         kv: PromptCacheManager | None = None,
         sampling_defaults: SamplingDefaults | None = None,
         template_defaults: dict[str, Any] | None = None,
-        grammar_cache_size: int = 64,
+        grammar_cache_size: int = DEFAULTS.grammar_cache_size,
     ):
         self.tokenizer = tokenizer
         self.sampling_defaults = sampling_defaults or build_defaults(None)
