@@ -6,6 +6,9 @@ from __future__ import annotations
 
 from typing import Any
 
+import msgspec
+
+from protocol.chat import chat_messages
 from protocol.messages import ChatRequest, ResponseFormat, SamplingParams, ToolChoice
 
 from .prompt import PromptError, render_prompt
@@ -17,8 +20,12 @@ def tokenize(scheduler: Any, args: dict[str, Any]) -> dict[str, Any]:
     would be) -> ``{"tokens", "count", "max_model_len"}``. ValueError -> 400."""
     tok = scheduler.tokenizer
     if args.get("messages") is not None:
+        try:
+            messages = chat_messages(args["messages"])
+        except msgspec.ValidationError as exc:  # the gateway validated them; a 400 all the same
+            raise ValueError(f"messages: {exc}") from None
         req = ChatRequest(
-            request_id="tokenize", messages=args["messages"], sampling=SamplingParams(), tools=args.get("tools"),
+            request_id="tokenize", messages=messages, sampling=SamplingParams(), tools=args.get("tools"),
             tool_choice=ToolChoice("auto" if args.get("tools") else "none"), response_format=ResponseFormat(),
             chat_template_kwargs=args.get("chat_template_kwargs"),
         )
