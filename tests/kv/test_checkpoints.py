@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import pytest
 
+from protocol.chat import chat_messages
 from tests.kv.inproc import generate, make_kv, make_scheduler, request, run
 from worker.models import load_model
 from worker.models.tiny_arch import build_tiny_arch
@@ -25,7 +26,7 @@ def turn_one() -> list[dict]:
 
 
 def marks(loaded, messages) -> tuple[int, int]:
-    p = render_prompt(loaded.tokenizer, messages, model_id=loaded.model_id, mark_last_message=True)
+    p = render_prompt(loaded.tokenizer, chat_messages(messages), model_id=loaded.model_id, mark_last_message=True)
     return p.system_tokens, p.last_message_end
 
 
