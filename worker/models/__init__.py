@@ -7,7 +7,9 @@ imports its implementation when called.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from .cache import kmlx_cache_dir
 from .errors import ModelLoadError
@@ -24,17 +26,21 @@ __all__ = [
 ]
 
 
-def load_model(spec: str | None, *, vision: bool | None = None, weights: str = "auto") -> LoadedModel:
+def load_model(
+    spec: str | None, *, vision: bool | None = None, weights: str = "auto", split: Callable[[Any], Any] | None = None
+) -> LoadedModel:
     """Resolve `spec` (None/"default", an MLX folder, a Hugging Face repo id or a
     .gguf file), load it and pick in-memory weights for the backend in use.
 
     weights: "auto" (float32 on the CPU backend, as stored on Metal/CUDA),
     "native" (as stored), "float32", "bfloat16", "float16", "q4" or "q8".
+    split: keeps one rank's share of the model before its weights are
+    evaluated (a distributed worker: worker/distributed/model.py).
     Raises ModelLoadError with one readable line for every expected failure.
     """
     from .loader import load_model as _load
 
-    return _load(spec, vision=vision, weights=weights)
+    return _load(spec, vision=vision, weights=weights, split=split)
 
 
 def ensure_default_model() -> Path:

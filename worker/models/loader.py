@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +30,9 @@ _CONTEXT_KEYS = ("max_position_embeddings", "max_sequence_length", "seq_length",
 _LOAD_ERRORS = (FileNotFoundError, ValueError, KeyError, TypeError, ImportError, OSError, RuntimeError)
 
 
-def load_model(spec: str | None, *, vision: bool | None = None, weights: str = "auto") -> LoadedModel:
+def load_model(
+    spec: str | None, *, vision: bool | None = None, weights: str = "auto", split: Callable[[Any], Any] | None = None
+) -> LoadedModel:
     if weights not in WEIGHT_CHOICES:
         raise ModelLoadError(f"unknown weights {weights!r}; choose one of: {', '.join(WEIGHT_CHOICES)}")
     try:
@@ -49,9 +52,11 @@ def load_model(spec: str | None, *, vision: bool | None = None, weights: str = "
         model, tokenizer = _load_text(resolved.path)
         processor = None
     if is_vision:
+        if split is not None:
+            raise ModelLoadError("a vision model cannot be split over several ranks")
         in_memory = apply_weights(model, weights)
     else:
-        model, in_memory = _text_weights(model, resolved.path, weights)
+        model, in_memory = _text_weights(model, resolved.path, weights, split)
     if isinstance(tokenizer, _Pending):
         tokenizer = tokenizer.get()
     log.debug("loaded %s in %.2f s (weights %s)", resolved.model_id, time.perf_counter() - start, in_memory)
@@ -67,9 +72,11 @@ def load_model(spec: str | None, *, vision: bool | None = None, weights: str = "
     )
 
 
-def _text_weights(model: Any, path: Path, weights: str) -> tuple[Any, str]:
+def _text_weights(model: Any, path: Path, weights: str, split: Callable[[Any], Any] | None = None) -> tuple[Any, str]:
     """Convert to the chosen weights, through the derived-weights cache when
-    a quantized model is dequantized (the CPU default)."""
+    a quantized model is dequantized (the CPU default). ``split`` keeps one
+    rank's share of a distributed model before anything is evaluated
+    (worker/distributed/model.py); a share is never stored as derived weights."""
     import mlx.core as mx
 
     from .derived import load_derived, store_derived
@@ -81,8 +88,10 @@ def _text_weights(model: Any, path: Path, weights: str) -> tuple[Any, str]:
         model = cached
     else:
         convert_weights(model, choice)
+    if split is not None:
+        split(model)
     mx.eval(model.parameters())
-    if cacheable and cached is None:
+    if cacheable and cached is None and split is None:
         store_derived(path, choice, model)
     return model, describe_weights(model)
 
