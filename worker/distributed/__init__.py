@@ -1,0 +1,19 @@
+"""One model over several processes (ranks) with ``mlx.distributed``.
+
+A worker started by MLX's launcher (``mlx.launch --backend ring|jaccl|mpi
+--hostfile HOSTS -- kmlx-worker -m MODEL ...``) runs as one rank of a group.
+Rank 0 is the worker gateways see: it alone speaks ZeroMQ and runs the
+scheduler. The other ranks (followers) hold their share of the weights and
+of every KV cache, and run the same batch steps: rank 0 sends them, before
+each step, what it decided (``ops.py``: sequences added and removed, states
+taken, prompt-cache entries stored or evicted, cache files loaded or saved).
+Sampling, grammars, penalties and stop strings stay on rank 0; its sampled
+tokens reach the other ranks at the start of the next forward pass
+(``model.py``). Docs: docs/distributed.md.
+
+Modules: ``group`` (the launch environment, the rank-0 broadcast channel),
+``ops`` (every rank-0 -> rank message, typed), ``model`` (tensor or pipeline
+split, the per-rank forward).
+
+A single-process worker imports none of this.
+"""
