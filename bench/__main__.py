@@ -2,7 +2,7 @@
 
     python -m bench                          serving overhead (tiny model)
     python -m bench serving --model default  the same on the real default model
-    python -m bench cache                    prompt caching (real default model)
+    python -m bench cache                    prompt caching (real default model): reuse, parallel sharing, overhead, --kv-bits
     python -m bench pool                     1/2/3 workers; the gateway's own streaming capacity
     python -m bench vision                   images: preprocessing, latency, text beside images (tiny VLM)
     python -m bench agents                   constrained decoding vs not; grammar compile time (tiny model)
@@ -25,7 +25,7 @@ def _serving(args: argparse.Namespace, model: Path) -> None:
 def _cache(args: argparse.Namespace, model: Path) -> None:
     from .prompt_cache import run
 
-    run(model, turns=args.turns, system_tokens=args.system_tokens)
+    run(model, turns=args.turns, system_tokens=args.system_tokens, parallel_requests=args.parallel, internals=not args.no_internals)
 
 
 def _vision(args: argparse.Namespace, model: Path) -> None:
@@ -64,7 +64,9 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=3, help="serving: runs per measurement (median)")
     p.add_argument("--streams", type=int, default=12, help="pool: concurrent streams spread over the workers")
     p.add_argument("--turns", type=int, default=10, help="cache: turns of the growing chat")
-    p.add_argument("--system-tokens", type=int, default=2000, help="cache: size of the long system prompt")
+    p.add_argument("--system-tokens", type=int, default=2000, help="cache: size of the long system prompt (and of the parallel requests' shared prefix)")
+    p.add_argument("--parallel", type=int, default=8, help="cache: requests sent at once with a shared prefix")
+    p.add_argument("--no-internals", action="store_true", help="cache: skip the in-process part (overhead, --kv-bits)")
     args = p.parse_args()
 
     from worker.models import build_tiny_model, ensure_default_model, ensure_fast_blas

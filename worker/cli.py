@@ -221,17 +221,23 @@ def serve(args: argparse.Namespace, loaded: LoadedModel, transport: Transport, i
     scheduler_cls, model = Scheduler, loaded.model
     if loaded.is_vision:  # images/video beside text in the same batch (docs/vision.md)
         scheduler_cls = vision_scheduler(loaded, args)
-    scheduler = scheduler_cls(
-        model,
-        loaded.tokenizer,
-        model_id=loaded.model_id,
-        context_length=loaded.context_length,
-        limits=limits,
-        kv=_kv_manager(args, loaded, tokenizer_hash),
-        sampling_defaults=_sampling_defaults(args, loaded),
-        template_defaults=args.chat_template_kwargs,
-        grammar_cache_size=args.grammar_cache_size,
-    )
+    from .kv.manager import KVConfigError
+
+    try:
+        scheduler = scheduler_cls(
+            model,
+            loaded.tokenizer,
+            model_id=loaded.model_id,
+            context_length=loaded.context_length,
+            limits=limits,
+            kv=_kv_manager(args, loaded, tokenizer_hash),
+            sampling_defaults=_sampling_defaults(args, loaded),
+            template_defaults=args.chat_template_kwargs,
+            grammar_cache_size=args.grammar_cache_size,
+        )
+    except KVConfigError as exc:  # e.g. --kv-group-size that does not divide the head size
+        print(f"kmlx-worker: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
     info = WorkerInfo(
         protocol_version=PROTOCOL_VERSION,
         worker_id=args.name or f"{socket.gethostname()}-{os.getpid()}",

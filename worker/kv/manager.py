@@ -56,6 +56,10 @@ class Plan:
     checkpoints: list[int] = field(default_factory=list)  # prompt positions to keep the state at during prefill
 
 
+class KVConfigError(ValueError):
+    """A prompt-cache setting this model cannot use (refused at start-up)."""
+
+
 class ControlError(Exception):
     def __init__(self, message: str, status: int, code: str | None = None):
         super().__init__(message)
@@ -98,7 +102,7 @@ class PromptCacheManager:
             bits, group = self.config.kv_bits, self.config.kv_group_size
             dims = {layer.arrays[0][1][-1] for layer in self.reference.layers if layer.kind == "KVCache" and layer.arrays}
             if bits is not None and any(d % group for d in dims):
-                raise ValueError(f"--kv-group-size {group} does not divide this model's head size {sorted(dims)}")
+                raise KVConfigError(f"--kv-group-size {group} does not divide this model's head size {sorted(dims)}")
         if self.prefix is not None:
             self.prefix.scan()
 
