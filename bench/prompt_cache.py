@@ -59,7 +59,8 @@ def ask(stack: Stack, messages: list[dict], *, conv: str | None = None, max_toke
     if conv:
         body["conversation"] = conv
     t0 = time.perf_counter()
-    first, text, usage = None, [], {}
+    first, text = None, []
+    usage: dict[str, int] = {}
     with httpx.stream("POST", f"{stack.base_url}/chat/completions", json=body, timeout=3600) as r:
         r.raise_for_status()
         h = r.headers
