@@ -131,7 +131,9 @@ def run(model_path: Path, *, turns: int = 10, system_tokens: int = 2000, paralle
     tag = uuid.uuid4().hex[:8]
     with tempfile.TemporaryDirectory() as tmp:
         for label, args in (("cached", []), ("uncached", ["--disable-kv-cache"])):
-            stack = start_stack(model_path, Path(tmp) / label, worker_args=["--prompt-cache-dir", str(Path(tmp) / "prefix"), *args])
+            # Eight uncached 2k-token prefills share each step: on a loaded CPU a step can outlast the default ping timeout.
+            stack = start_stack(model_path, Path(tmp) / label, worker_args=["--prompt-cache-dir", str(Path(tmp) / "prefix"), *args],
+                                gateway_args=["--ping-timeout", "3600"])
             try:
                 ask(stack, [{"role": "user", "content": "hi"}], conv="warm-up", max_tokens=2)
                 res = results[label] = Results()

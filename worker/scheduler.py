@@ -248,6 +248,8 @@ class Scheduler:
             return rejection(req.request_id, ErrorInfo(str(exc), param="conversation", code=exc.code, status=exc.status))
         cached = seq.cache_decision.cached_tokens
         self._insert(seq, prompt.token_ids[cached:], seq.plan.cache if seq.plan else None, prompt.token_ids[:cached])
+        if seq.plan is not None:
+            seq.plan.cache = None  # the batch has it; holding it here would keep a copy of the prefix alive
         self.counters.admitted += 1
         self.counters.prompt_tokens += len(prompt.token_ids) - cached
         # Announce the cache decision now, so the gateway can send response

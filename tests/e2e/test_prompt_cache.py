@@ -242,3 +242,20 @@ def test_caches_that_cannot_be_cut_are_saved_loaded_and_resumed(make_stack, log_
     assert r2.status_code == r3.status_code == 200, r2.text
     assert (r2.headers["x-conv-kv"], int(r2.headers["x-conv-cached-tokens"])) == ("hit", len(tokens))
     assert r2.json()["choices"][0]["text"] == r3.json()["choices"][0]["text"]
+
+
+def test_kv_bits_flag(make_stack, tiny_model_path, default_model_path, log_dir):
+    # The tiny model's heads (16 values) cannot be quantized in groups of 64: refused at start-up.
+    from tests.support.processes import spawn
+
+    proc = spawn("worker-kv-bits", ["-m", "worker", "--model", str(tiny_model_path), "--kv-bits", "4",
+                                    "--bind", "tcp://127.0.0.1:1"], log_dir)
+    assert proc.popen.wait(timeout=120) == 2
+    assert "--kv-group-size 64 does not divide this model's head size [16]" in proc.log()
+
+    stack = make_stack(default_model_path, worker_args=["--kv-bits", "8"])
+    msgs = [{"role": "user", "content": "Name a colour."}]
+    r1 = chat(stack, "bits", msgs, max_tokens=4)
+    r2 = chat(stack, "bits", msgs + [{"role": "assistant", "content": answer(r1)}, {"role": "user", "content": "Another?"}], max_tokens=4)
+    assert kv(r2)[0] == "hit" and kv(r2)[1] >= r1.json()["usage"]["prompt_tokens"] - 1
+    assert stack.worker_stats()[0]["kv_cache"]["kv_storage"] == "8-bit"

@@ -220,3 +220,17 @@ def test_quantized_segments_split_and_join(bits):
     want = kv_cache(a)
     assert got[0].offset == 6
     assert mx.allclose(got[0].keys, want[0].keys[..., :6, :], rtol=0.02, atol=2.0).item()
+
+
+def test_a_leaf_left_without_a_checkpoint_goes_with_its_child():
+    t = tree()
+    p = [1, 2, 3]
+    t.insert(p + [4, 5], hybrid_cache(p + [4, 5]))
+    t.insert(p + [6, 7], hybrid_cache(p + [6, 7]))  # splits: an inner node [1, 2, 3] with no checkpoint
+    assert t.nodes == 3
+    t.max_bytes = t.nbytes - 1
+    t.enforce_budget()  # one leaf goes; the other keeps the inner node
+    assert t.nodes == 2
+    t.max_bytes = 1
+    t.enforce_budget()
+    assert t.nodes == 0 and t.nbytes == 0 and t.tokens == 0

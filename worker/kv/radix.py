@@ -290,8 +290,16 @@ class PrefixTree:
                 continue
             parent = n.parent
             self._drop(n)
+            # A leaf left without a checkpoint on a model that needs one
+            # serves nothing: it goes with the entry it carried.
+            while parent is not None and self._useless(parent):
+                n, parent = parent, parent.parent
+                self._drop(n)
             if parent is not None:
                 offer(parent)
+
+    def _useless(self, n: Node) -> bool:
+        return n is not self.root and not n.children and n.state is None and n.pins == 0 and self.needs_checkpoints
 
     def _drop(self, n: Node) -> int:
         assert n.parent is not None
