@@ -60,7 +60,7 @@ def overhead(loaded: Any, conversations: int, requests: int = 150) -> dict[str, 
     rng = random.Random(0)
     with tempfile.TemporaryDirectory() as tmp:
         kv = PromptCacheManager(
-            KVConfig(prefix_enabled=False, disk_dir=Path(tmp), prefix_dir=Path(tmp) / "p",
+            KVConfig(disk_dir=Path(tmp), prefix_dir=Path(tmp) / "p",  # the system prompt goes to disk once, as in a worker
                      limits=ConversationLimits(max_bytes=32 << 30, max_conversations=conversations)),
             model_id="bench", tokenizer_hash="bench")
         kv.bind_model(loaded.model)

@@ -44,6 +44,7 @@ class PrefixStore:
         self.saves = 0
         self.loads = 0
         self.removed = 0
+        self._known: set[tuple[int, int]] = set()  # quick keys of prefixes known to be on disk
         self._names = re.compile(rf"^{re.escape(self.stem)}(\.[0-9a-f]{{16}})?\.safetensors$")
 
     def scan(self) -> None:
@@ -66,7 +67,16 @@ class PrefixStore:
             log.info("%d system-prefix cache(s) on disk in %s", len(self.index), self.directory)
 
     def has(self, tokens: list[int]) -> bool:
-        return tokens_hash(tokens) in self.index
+        # Asked after every finished request with a system prompt: a Python
+        # hash of the tokens answers the common "already saved" case in
+        # ~20 us, not the ~1 ms of the SHA-256 over their decimal text.
+        quick = (len(tokens), hash(tuple(tokens)))
+        if quick in self._known:
+            return True
+        if tokens_hash(tokens) in self.index:
+            self._known.add(quick)
+            return True
+        return False
 
     def find(self, tokens: list[int], reference: Reference | None) -> Cache | None:
         """The KV of exactly ``tokens`` if it is on disk and whole."""
@@ -117,6 +127,7 @@ class PrefixStore:
             log.warning("could not save the system-prefix cache: %s", exc)
             return
         self.index[digest] = path
+        self._known.add((len(tokens), hash(tuple(tokens))))
         self.saves += 1
         log.info("saved system-prefix cache (%d tokens) to %s", len(tokens), path.name)
         self._enforce_budget(keep=digest)
@@ -142,6 +153,7 @@ class PrefixStore:
         path = self.index.pop(digest, None)
         if path is None:
             return
+        self._known.clear()  # rebuilt from the index as prefixes are asked for again
         for p in (path, Path(f"{path}.len"), Path(f"{path}.hash")):
             with contextlib.suppress(FileNotFoundError):
                 p.unlink()
