@@ -44,14 +44,14 @@ def turn(m: PromptCacheManager, prompt: list[int], reply: list[int], conv: str |
 
 def test_modes(tmp_path):
     m = manager(tmp_path)
-    assert turn(m, [1, 2, 3], [4]).info.mode == "none"  # no id, nothing cached
-    assert turn(m, [1, 2, 3, 4, 5], [6]).info.mode == "hit"  # no id, found
+    assert turn(m, [1, 2, 3], [4]).decision.mode == "none"  # no id, nothing cached
+    assert turn(m, [1, 2, 3, 4, 5], [6]).decision.mode == "hit"  # no id, found
     first = turn(m, [1, 2, 9], [9], conv="c")
-    assert (first.info.mode, first.info.cached_tokens) == ("fresh", 2)  # new id, shared prefix still served
-    assert m.plan(req("c"), [1, 2, 9, 9, 7], 0).info.mode == "hit"
-    assert m.plan(req("c"), [50, 51], 0).info.mode == "reset"
+    assert (first.decision.mode, first.decision.cached_tokens) == ("fresh", 2)  # new id, shared prefix still served
+    assert m.plan(req("c"), [1, 2, 9, 9, 7], 0).decision.mode == "hit"
+    assert m.plan(req("c"), [50, 51], 0).decision.mode == "reset"
     off = m.plan(req("c", reset_conversation=True), [1, 2, 9, 9, 7], 0)
-    assert (off.info.mode, off.cache, off.commit) == ("disabled", None, False)
+    assert (off.decision.mode, off.cache, off.commit) == ("disabled", None, False)
 
 
 def test_only_a_normal_finish_is_stored(tmp_path):
@@ -70,7 +70,7 @@ def test_parallel_turns_of_one_conversation_both_reuse_and_both_store(tmp_path):
     m = manager(tmp_path)
     turn(m, [1, 2, 3], [4], conv="c")
     a, b = m.plan(req("c"), [1, 2, 3, 4, 10], 0), m.plan(req("c"), [1, 2, 3, 4, 20], 0)
-    assert a.info.cached_tokens == b.info.cached_tokens == 4
+    assert a.decision.cached_tokens == b.decision.cached_tokens == 4
     m.finish(a, [1, 2, 3, 4, 10, 11], kv([1, 2, 3, 4, 10, 11]), hashes=[], boundaries=[])
     m.finish(b, [1, 2, 3, 4, 20, 21], kv([1, 2, 3, 4, 20, 21]), hashes=[], boundaries=[])
     assert m.store.get("c").tokens == [1, 2, 3, 4, 20, 21]  # the last to finish
