@@ -80,7 +80,7 @@ def overhead(loaded: Any, conversations: int, requests: int = 150) -> dict[str, 
             t0 = time.perf_counter()
             plan = kv.plan(req, prompt, SYSTEM_TOKENS)
             t1 = time.perf_counter()
-            assert plan.cache is not None and plan.info.cached_tokens == len(prompt) - PROMPT_NEW
+            assert plan.cache is not None and plan.decision.cached_tokens == len(prompt) - PROMPT_NEW
             mx.eval([a for c in plan.cache for a in (c.keys, c.values)])  # the join, done in the batch's merge
             t2 = time.perf_counter()
             done = prompt + [rng.randrange(100, 40000) for _ in range(REPLY)]
