@@ -6,6 +6,7 @@
     python -m bench pool                     1/2/3 workers; the gateway's own streaming capacity
     python -m bench vision                   images: preprocessing, latency, text beside images (tiny VLM)
     python -m bench agents                   constrained decoding vs not; grammar compile time (tiny model)
+    python -m bench apis                     each API's translation cost in the gateway (chat, messages, responses, completions)
     python -m bench all                      every suite
 """
 
@@ -46,6 +47,12 @@ def _agents(args: argparse.Namespace, model: Path) -> None:
     run(model, max_tokens=min(args.max_tokens, 128))
 
 
+def _apis(args: argparse.Namespace, _model: Path) -> None:
+    from .apis import run
+
+    run()  # 32 streams x 1,000 tokens: long enough that the gateway's per-token work dominates
+
+
 # suite -> (runner, the model it uses unless --model says otherwise)
 SUITES: dict[str, tuple[Callable[[argparse.Namespace, Path], None], str]] = {
     "serving": (_serving, "tiny"),
@@ -53,6 +60,7 @@ SUITES: dict[str, tuple[Callable[[argparse.Namespace, Path], None], str]] = {
     "pool": (_pool, "tiny"),
     "vision": (_vision, "tiny-vlm"),
     "agents": (_agents, "tiny"),
+    "apis": (_apis, "tiny"),  # a fake worker: the model is not used
 }
 
 

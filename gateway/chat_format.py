@@ -147,10 +147,10 @@ def logprobs_json(outs: list[RequestOutput]) -> dict[str, Any] | None:
     tokens = [lp for o in outs if o.logprobs for lp in o.logprobs]
     if not tokens:
         return None
-    return {"content": [_token_json(t) for t in tokens], "refusal": None}
+    return {"content": [token_logprob_json(t) for t in tokens], "refusal": None}
 
 
-def _token_json(t: TokenLogprob) -> dict[str, Any]:
+def token_logprob_json(t: TokenLogprob) -> dict[str, Any]:
     out = _alternative(t.token_bytes, t.logprob)
     out["top_logprobs"] = [_alternative(a.token_bytes, a.logprob) for a in t.top]
     return out

@@ -23,7 +23,7 @@ import msgspec
 
 from protocol.messages import RequestOutput, Usage
 
-from .chat_format import logprobs_json
+from .chat_format import token_logprob_json
 from .dispatch import Admitted
 from .errors import APIError
 from .responses_schema import NamedFunction, ResponseRequest, item_id
@@ -76,15 +76,29 @@ class _Item:
         return item
 
 
-def _pieces(out: RequestOutput) -> Iterable[tuple[str, Any, str]]:
-    """One output as (kind, key, text) pieces in order: reasoning, text, and
-    tool-call pieces (a call's first piece: kind "call", key (index, id, name))."""
-    yield "reasoning", None, out.reasoning
-    yield "message", None, out.content
-    for call in out.tool_calls or ():
-        if call.id is not None:
-            yield "call", (call.index, call.id, call.name or ""), ""
-        yield "arguments", call.index, call.arguments
+def _runs(outs: list[RequestOutput]) -> list[tuple[str, Any, str, list[Any]]]:
+    """A batch of outputs as (kind, key, text, logprobs) runs in order:
+    reasoning, message text, and tool-call pieces (a call's first piece:
+    kind "call", key (index, id, name)). Consecutive pieces of one run
+    merge, so a gateway that fell behind sends fewer, larger events."""
+    runs: list[tuple[str, Any, str, list[Any]]] = []
+    for out in outs:
+        pieces: list[tuple[str, Any, str, list[Any]]] = [
+            ("reasoning", None, out.reasoning, []), ("message", None, out.content, list(out.logprobs or ())),
+        ]
+        for call in out.tool_calls or ():
+            if call.id is not None:
+                pieces.append(("call", (call.index, call.id, call.name or ""), "", []))
+            pieces.append(("arguments", call.index, call.arguments, []))
+        for kind, key, text, logprobs in pieces:
+            if kind != "call" and not text and not logprobs:
+                continue
+            last = runs[-1] if runs else None
+            if last is not None and kind != "call" and last[0] == kind and last[1] == key:
+                runs[-1] = (kind, key, last[2] + text, last[3] + logprobs)
+            else:
+                runs.append((kind, key, text, logprobs))
+    return runs
 
 
 # What a finished turn leaves behind, for the response store (routes/responses.py).
@@ -205,39 +219,38 @@ class ResponsesReply:
         yield self._event("response.output_item.done", output_index=where["output_index"], item=item.json("completed"))
 
     def delta(self, outs: list[RequestOutput]) -> Iterable[bytes]:
-        for out in outs:
-            if out.logprobs:
-                self._logprobs += logprobs_json([out])["content"]  # type: ignore[index]
-            for kind, key, text in _pieces(out):
-                if kind == "call":
-                    index, call_id, name = key
-                    started = self._new("function_call")
-                    started.call_id, started.name = call_id, name
-                    self._calls[index] = started
-                    yield from self._start(started)
-                    continue
-                if not text:
-                    continue
-                if kind == "arguments":
-                    call = self._calls.get(key)
-                    if call is None or call is not self._open:
-                        continue  # a fragment of a call that never started: nothing to attach it to
-                    call.text.append(text)
-                    yield self._event("response.function_call_arguments.delta", item_id=call.id,
-                                      output_index=self._items.index(call), delta=text)
-                    continue
-                if self._open is None or self._open.kind != kind:
-                    yield from self._start(self._new(kind))
-                item = self._open
-                assert item is not None
-                item.text.append(text)
-                if kind == "reasoning":
-                    yield self._event("response.reasoning_text.delta", **self._where(item), delta=text)
-                else:
-                    # A message's token logprobs go with the text they made (held-back ones with the next text).
-                    logprobs, self._logprobs = self._logprobs, []
-                    item.logprobs += logprobs
-                    yield self._event("response.output_text.delta", **self._where(item), delta=text, logprobs=logprobs)
+        for kind, key, text, token_logprobs in _runs(outs):
+            if token_logprobs:
+                self._logprobs += [token_logprob_json(t) for t in token_logprobs]
+            if kind == "call":
+                index, call_id, name = key
+                started = self._new("function_call")
+                started.call_id, started.name = call_id, name
+                self._calls[index] = started
+                yield from self._start(started)
+                continue
+            if not text:
+                continue
+            if kind == "arguments":
+                call = self._calls.get(key)
+                if call is None or call is not self._open:
+                    continue  # a fragment of a call that never started: nothing to attach it to
+                call.text.append(text)
+                yield self._event("response.function_call_arguments.delta", item_id=call.id,
+                                  output_index=self._items.index(call), delta=text)
+                continue
+            if self._open is None or self._open.kind != kind:
+                yield from self._start(self._new(kind))
+            item = self._open
+            assert item is not None
+            item.text.append(text)
+            if kind == "reasoning":
+                yield self._event("response.reasoning_text.delta", **self._where(item), delta=text)
+            else:
+                # A message's token logprobs go with the text they made (held-back ones with the next text).
+                logprobs, self._logprobs = self._logprobs, []
+                item.logprobs += logprobs
+                yield self._event("response.output_text.delta", **self._where(item), delta=text, logprobs=logprobs)
 
     def close(self, final: RequestOutput) -> Iterable[bytes]:
         if not any(i.kind in ("message", "function_call") for i in self._items):
