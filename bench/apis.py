@@ -71,7 +71,8 @@ def run(*, streams: int = 32, max_tokens: int = 1000) -> None:
         logs = Path(tmp)
         port = free_port()
         fake = spawn("fake-worker", ["-m", "bench.fake_worker", "--bind", f"tcp://127.0.0.1:{port}", "--step-rate", "0"], logs)
-        gw, root = start_gateway([f"tcp://127.0.0.1:{port}"], logs, args=["--log-level", "WARNING"])
+        # At WARNING the gateway does not log the port it bound, so it gets one.
+        gw, root = start_gateway([f"tcp://127.0.0.1:{port}"], logs, port=free_port(), args=["--log-level", "WARNING"])
         try:
             wait_healthy(root, [fake, gw])
             print(f"{streams} concurrent requests x {max_tokens} tokens per API, one gateway, a fake worker (no compute)")

@@ -7,9 +7,9 @@ import json
 from gateway.dispatch import Admitted
 from gateway.responses_format import ResponsesReply
 from gateway.responses_schema import parse_response_request
-from protocol.messages import CacheInfo, RequestOutput, ToolCallDelta, Usage
+from protocol.messages import CacheDecision, RequestOutput, ToolCallDelta, Usage
 
-FIRST = RequestOutput("r", started=CacheInfo("none", 0, 5), prompt_tokens=5)
+FIRST = RequestOutput("r", cache_decision=CacheDecision("none", 0, 5), prompt_tokens=5)
 
 
 def reply(stored: list) -> ResponsesReply:
