@@ -91,8 +91,8 @@ def test_a_damaged_saved_cache_fails_its_request_alone_and_is_quarantined(make_s
     assert again.status_code == 200 and kv_header(again)[0] == "fresh"
 
 
-def test_descriptors_stay_flat_over_300_saves(make_stack, tiny_model_path):
-    stack = make_stack(tiny_model_path)
+def test_descriptors_stay_flat_over_300_saves(tiny_stack):
+    stack = tiny_stack
     pid = stack.workers[0].popen.pid
     for i in range(3):
         assert chat(stack, f"Conversation {i}", f"fd-{i}").status_code == 200
