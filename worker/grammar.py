@@ -123,6 +123,7 @@ class GrammarCompiler:
     def __init__(self, tokenizer: Any, *, cache_size: int = 64):
         self.cache_size = cache_size
         self._cache: OrderedDict[str, Any] = OrderedDict()
+        self._cache_lock = threading.Lock()  # the compute loop and the prompt thread both compile
         self._llg: Any = None
         self._error: str | None = None
         self._ready = threading.Event()
@@ -155,19 +156,21 @@ class GrammarCompiler:
         from llguidance import LLMatcher
 
         tok = self.tokenizer(param)
-        pristine = self._cache.get(grammar)
-        if pristine is None:
+        with self._cache_lock:
+            pristine = self._cache.get(grammar)
+            if pristine is not None:
+                self._cache.move_to_end(grammar)
+        if pristine is None:  # compiled outside the lock: a long compile holds up no other thread
             is_error, messages = LLMatcher.validate_grammar_with_warnings(grammar, tok)
             if is_error:
                 raise GrammarError(f"{param}: cannot be enforced: {messages[0] if messages else 'invalid grammar'}", param)
             pristine = LLMatcher(tok, grammar)
             if pristine.is_error():
                 raise GrammarError(f"{param}: cannot be enforced: {pristine.get_error()}", param)
-            self._cache[grammar] = pristine
-            while len(self._cache) > self.cache_size:
-                self._cache.popitem(last=False)
-        else:
-            self._cache.move_to_end(grammar)
+            with self._cache_lock:
+                self._cache[grammar] = pristine
+                while len(self._cache) > self.cache_size:
+                    self._cache.popitem(last=False)
         return pristine.deep_copy()
 
 

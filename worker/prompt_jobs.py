@@ -11,9 +11,10 @@ list alone took the worker from 0.17 to 1.6 GB. So:
    characters) times two (slack for normalizers that merge characters).
    No prompt that fits is refused this way; a refused one is answered in
    microseconds.
-2. A prompt of more than ``INLINE_CHARS`` characters is rendered and
-   tokenized on the prompt thread (``JobThread``) with its own copy of the
-   tokenizer (a fast tokenizer must not be used from two threads at once:
+2. A prompt of more than ``INLINE_CHARS`` characters (schema of
+   ``response_format`` included) is rendered, tokenized and its output
+   grammar compiled on the prompt thread (``JobThread``) with its own copy
+   of the tokenizer (a fast tokenizer must not be used from two threads at once:
    the compute loop detokenizes with the original); the compute loop picks
    the result up between steps. A smaller one is rendered in place: that
    is bounded work (a few milliseconds, less than one decode step), and it
@@ -62,6 +63,12 @@ def text_chars(req: ChatRequest) -> int:
             total += sum(len(p.text) for p in m.content if isinstance(p, TextPart))
         total += _strings([m.role, m.name, m.tool_call_id, msgspec.to_builtins(m.tool_calls)])
     return total
+
+
+def schema_chars(req: ChatRequest) -> int:
+    """Size of the output schema (``response_format``): compiling its
+    grammar is work that grows with it (~2 s for a 390 kB schema here)."""
+    return _strings(req.response_format.schema) if req.response_format.schema else 0
 
 
 def _strings(value: Any) -> int:

@@ -34,7 +34,7 @@ from .kv.manager import ControlError, PromptCacheManager
 from .logprobs import TokenBytes, read_logprobs
 from .prefix_sharing import PrefixSharing
 from .prompt import Prompt, PromptError, render_prompt, template_source, template_variables
-from .prompt_jobs import INLINE_CHARS, PromptJobs, text_chars
+from .prompt_jobs import INLINE_CHARS, PromptJobs, schema_chars, text_chars
 from .raw_prompt import render_raw, untrimmed
 from .sampling import make_logits_processors, make_sampler
 from .sequence import Sequence, ended_unstarted, prompt_only, rejection
@@ -170,9 +170,9 @@ class Scheduler:
         if too_long is not None:
             self.counters.rejected += 1
             return rejection(req.request_id, too_long)
-        if chars > INLINE_CHARS:
+        if chars + schema_chars(req) > INLINE_CHARS:  # a big prompt, or a big grammar to compile
             self._rendering[req.request_id] = _Rendering(gateway, req, sampling, arrived)
-            self.prompts.submit(req.request_id, lambda tokenizer: self.render(tokenizer, req))
+            self.prompts.submit(req.request_id, lambda tokenizer: self._prepare(tokenizer, req))
             return None
         try:
             prompt = self.render(self.tokenizer, req)
@@ -189,24 +189,38 @@ class Scheduler:
         return render_prompt(tokenizer, req.messages, model_id=self.model_id, tools=self.tool_plan(req), variables=variables,
                              mark_last_message=self.kv is not None and self.kv.needs_checkpoints)
 
-    def _rendered(self, r: _Rendering, prompt: Prompt | None, error: BaseException | None) -> RequestOutput | None:
+    def _prepare(self, tokenizer: Any, req: ChatRequest) -> tuple[Prompt, GrammarProcessor | None]:
+        """The prompt thread's job: render, tokenize, compile the output grammar."""
+        prompt = self.render(tokenizer, req)
+        return prompt, self.constraint(req, prompt.starts_in_reasoning)
+
+    def _rendered(self, r: _Rendering, prepared: Any, error: BaseException | None) -> RequestOutput | None:
         """The prompt thread is done with a request: admit or refuse it."""
-        if error is not None or prompt is None:
+        req = r.request
+        if error is not None or prepared is None:
             self.counters.rejected += 1
             if isinstance(error, PromptError):
-                return rejection(r.request.request_id, ErrorInfo(str(error), param=error.param, code=error.code))
-            log.error("rendering the prompt of %s failed: %r", r.request.request_id, error)
+                return rejection(req.request_id, ErrorInfo(str(error), param=error.param, code=error.code))
+            if isinstance(error, GrammarError):
+                return rejection(req.request_id, ErrorInfo(str(error), param=error.param, code="unsupported_schema"))
+            log.error("preparing the prompt of %s failed: %r", req.request_id, error)
             err = ErrorInfo(f"the worker could not render the prompt: {error}", type="server_error", code="prompt_error", status=500)
-            return rejection(r.request.request_id, err)
-        return self._admit_prompt(r.gateway, r.request, r.sampling, prompt, r.arrived)
+            return rejection(req.request_id, err)
+        prompt, constraint = prepared
+        return self._admit_prompt(r.gateway, req, r.sampling, prompt, r.arrived, constraint)
 
-    def _admit_prompt(self, gateway: bytes, req: ChatRequest, sampling: Sampling, prompt: Prompt, arrived: float) -> RequestOutput | None:
-        """Admission once the prompt's token ids are known."""
-        try:
-            constraint = self.constraint(req, prompt.starts_in_reasoning)
-        except GrammarError as exc:
-            self.counters.rejected += 1
-            return rejection(req.request_id, ErrorInfo(str(exc), param=exc.param, code="unsupported_schema"))
+    def _admit_prompt(
+        self, gateway: bytes, req: ChatRequest, sampling: Sampling, prompt: Prompt, arrived: float,
+        constraint: GrammarProcessor | None | bool = True,
+    ) -> RequestOutput | None:
+        """Admission once the prompt's token ids are known. ``constraint``:
+        the compiled output grammar, or True to compile it here."""
+        if constraint is True:
+            try:
+                constraint = self.constraint(req, prompt.starts_in_reasoning)
+            except GrammarError as exc:
+                self.counters.rejected += 1
+                return rejection(req.request_id, ErrorInfo(str(exc), param=exc.param, code="unsupported_schema"))
 
         n_prompt = len(prompt.token_ids)
         max_tokens = self.completion_budget(req, n_prompt, "the messages" if req.prompt is None else "the prompt", sampling=sampling)

@@ -102,3 +102,33 @@ def test_aborting_while_the_prompt_renders(scheduler):
     outs = wait_for_output(scheduler, "probe")
     assert [o.request_id for o in outs] == ["probe"]
     assert (scheduler.counters.aborted, scheduler.counters.admitted) == (1, 1)
+
+
+def with_schema(rid: str, schema: dict, **sampling) -> ChatRequest:
+    from protocol.messages import ResponseFormat
+
+    req = ask(rid, "Fill in the form", **sampling)
+    return ChatRequest(rid, req.messages, req.sampling, response_format=ResponseFormat(type="json_schema", schema=schema))
+
+
+def test_a_big_output_schema_compiles_on_the_prompt_thread(scheduler):
+    """Compiling a response_format grammar grows with the schema (~2 s for
+    390 kB here): a big one is compiled beside the loop, with the prompt."""
+    props = {f"field_{i}": {"type": "string", "enum": ["yes", "no"]} for i in range(400)}
+    schema = {"type": "object", "properties": props, "required": list(props)}
+    assert scheduler.admit(b"gw", with_schema("form", schema, max_tokens=6)) is None
+    outs = wait_for_output(scheduler, "form")
+    first = next(o for o in outs if o.request_id == "form")
+    assert first.finish_reason is None and first.error is None  # admitted, with its grammar
+    deadline = time.monotonic() + 120
+    while scheduler.has_work and time.monotonic() < deadline:
+        outs += scheduler.step()
+    text = "".join(o.content for o in outs if o.request_id == "form")
+    assert text.startswith("{"), text  # the grammar holds from the first token
+
+
+def test_a_big_invalid_schema_is_refused_from_the_prompt_thread(scheduler):
+    schema = {"type": "not-a-type", "description": "x" * 10_000}
+    assert scheduler.admit(b"gw", with_schema("bad", schema)) is None
+    out = next(o for o in wait_for_output(scheduler, "bad") if o.request_id == "bad")
+    assert out.finish_reason == "error" and out.error.code == "unsupported_schema" and out.error.param == "response_format"
