@@ -172,7 +172,7 @@ class Scheduler:
             return rejection(req.request_id, too_long)
         if chars + schema_chars(req) > INLINE_CHARS:  # a big prompt, or a big grammar to compile
             self._rendering[req.request_id] = _Rendering(gateway, req, sampling, arrived)
-            self.prompts.submit(req.request_id, lambda tokenizer: self._prepare(tokenizer, req))
+            self.prompts.submit(req.request_id, lambda tokenizer: self._render_and_compile(tokenizer, req))
             return None
         try:
             prompt = self.render(self.tokenizer, req)
@@ -189,7 +189,7 @@ class Scheduler:
         return render_prompt(tokenizer, req.messages, model_id=self.model_id, tools=self.tool_plan(req), variables=variables,
                              mark_last_message=self.kv is not None and self.kv.needs_checkpoints)
 
-    def _prepare(self, tokenizer: Any, req: ChatRequest) -> tuple[Prompt, GrammarProcessor | None]:
+    def _render_and_compile(self, tokenizer: Any, req: ChatRequest) -> tuple[Prompt, GrammarProcessor | None]:
         """The prompt thread's job: render, tokenize, compile the output grammar."""
         prompt = self.render(tokenizer, req)
         return prompt, self.constraint(req, prompt.starts_in_reasoning)
