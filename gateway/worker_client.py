@@ -281,7 +281,19 @@ class WorkerClient:
             if event["event"] == zmq.EVENT_CONNECTED:
                 await self._send_hello()
             elif event["event"] == zmq.EVENT_DISCONNECTED:
+                await self._let_receive_loop_catch_up()
                 self._mark_down("connection to the worker lost")
+
+    async def _let_receive_loop_catch_up(self, limit: float = 1.0) -> None:
+        """What the worker sent before its link dropped (a drained stream's
+        last tokens, its GoingAway) is still queued in the socket: the monitor
+        socket can report the drop first. Let the receive loop deliver it, in
+        order, before failing whatever is left in flight."""
+        assert self._sock is not None
+        deadline = time.monotonic() + limit
+        while int(self._sock.getsockopt(zmq.EVENTS)) & zmq.POLLIN and time.monotonic() < deadline:
+            await asyncio.sleep(0.005)
+        await asyncio.sleep(0.005)  # the last frame's handling runs in the receive loop's next turn
 
     async def _send_hello(self) -> None:
         try:
