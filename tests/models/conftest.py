@@ -38,3 +38,16 @@ def tokenizer_meta(default_gguf: Path) -> dict[str, Any]:
 
     meta = read_gguf(default_gguf).meta
     return {k: v for k, v in meta.items() if k.startswith("tokenizer.")}
+
+
+@pytest.fixture(scope="session")
+def small_tokenizer_meta(tokenizer_meta: dict[str, Any]) -> dict[str, Any]:
+    """The default model's byte-level BPE cut to its first 2048 tokens (and the
+    merges that stay inside them): the synthetic architectures stay small."""
+    n = 2048
+    tokens = tokenizer_meta["tokenizer.ggml.tokens"][:n]
+    kept = set(tokens)
+    merges = [m for m in tokenizer_meta["tokenizer.ggml.merges"]
+              if "".join(m.split(" ", 1)) in kept and all(p in kept for p in m.split(" ", 1))]
+    return {**tokenizer_meta, "tokenizer.ggml.tokens": tokens, "tokenizer.ggml.merges": merges,
+            "tokenizer.ggml.token_type": tokenizer_meta["tokenizer.ggml.token_type"][:n]}

@@ -1,17 +1,14 @@
 """Independent references for checking the GGUF conversion (test helper).
 
 Nothing here uses kmlx code: tensors come from the `gguf` package's reader and
-are dequantized by hand in NumPy, the forward pass runs in float64 in the
-GGUF's own layout (llama.cpp's permuted q/k rows with its adjacent-pair
+dequantizer, the forward passes (tests/models/archs/) run in float64 in each
+GGUF's own layout (e.g. llama.cpp's permuted q/k rows with its adjacent-pair
 rotary embedding), and the tokenizer is a plain byte-level BPE written from
 the GPT-2 recipe.
 """
 
 from __future__ import annotations
 
-import contextlib
-import ctypes
-from collections.abc import Iterator
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -27,123 +24,24 @@ def _fields(reader: Any) -> dict[str, Any]:
 
 
 def read_gguf(path: Path) -> tuple[dict[str, Any], dict[str, np.ndarray], dict[str, str]]:
-    """(metadata, float64 tensors in numpy row order, tensor type names)."""
+    """(metadata, float64 tensors in numpy row order, tensor type names), read and
+    dequantized by the `gguf` package (llama.cpp's own Python reader)."""
     import gguf
 
     reader = gguf.GGUFReader(path)
     tensors, types = {}, {}
     for t in reader.tensors:
-        kind = t.tensor_type.name
         shape = tuple(int(d) for d in reversed(t.shape))
-        tensors[t.name] = dequantize(np.asarray(t.data), kind, shape)
-        types[t.name] = kind
+        tensors[t.name] = gguf.quants.dequantize(np.asarray(t.data), t.tensor_type).astype(np.float64).reshape(shape)
+        types[t.name] = t.tensor_type.name
     return _fields(reader), tensors, types
 
 
-def dequantize(raw: np.ndarray, kind: str, shape: tuple[int, ...]) -> np.ndarray:
-    if kind in ("F32", "F16"):
-        return raw.astype(np.float64).reshape(shape)
-    if kind == "BF16":  # the top half of a float32
-        bits = raw.reshape(-1).view(np.uint16).astype(np.uint32) << 16
-        return bits.view(np.float32).astype(np.float64).reshape(shape)
-    blocks = raw.reshape(-1).view(np.uint8)
-    if kind == "Q8_0":  # 2-byte f16 scale, 32 int8
-        b = blocks.reshape(-1, 34)
-        d = b[:, :2].copy().view(np.float16).astype(np.float64)
-        q = b[:, 2:].copy().view(np.int8).astype(np.float64)
-        return (q * d).reshape(shape)
-    if kind in ("Q4_0", "Q4_1"):  # f16 scale (+ f16 min), 16 bytes of nibbles
-        width = 18 if kind == "Q4_0" else 20
-        b = blocks.reshape(-1, width)
-        d = b[:, :2].copy().view(np.float16).astype(np.float64)
-        qs = b[:, width - 16 :]
-        # low nibbles are elements 0..15 of the block, high nibbles 16..31
-        q = np.concatenate([qs & 0x0F, qs >> 4], axis=1).astype(np.float64)
-        if kind == "Q4_0":
-            return ((q - 8) * d).reshape(shape)
-        m = b[:, 2:4].copy().view(np.float16).astype(np.float64)
-        return (q * d + m).reshape(shape)
-    raise NotImplementedError(kind)
+def reference_logits(meta: dict[str, Any], w: dict[str, np.ndarray], ids: list[int], **options: Any) -> np.ndarray:
+    """float64 logits (len(ids), vocab) of a GGUF of any supported architecture, from its raw tensors."""
+    from tests.models.archs import reference_logits as by_architecture
 
-
-# ---------------------------------------------------------------- forward pass
-
-
-def _rms_norm(x: np.ndarray, w: np.ndarray, eps: float) -> np.ndarray:
-    return x / np.sqrt(np.mean(x * x, axis=-1, keepdims=True) + eps) * w
-
-
-def _rope_adjacent(x: np.ndarray, base: float, freq_factors: np.ndarray | None = None) -> np.ndarray:
-    """llama.cpp's normal rope: rotates the pairs (x[2i], x[2i+1]); rope_freqs divide the frequencies."""
-    t, _, d = x.shape
-    inv = base ** (-np.arange(0, d, 2, dtype=np.float64) / d)
-    if freq_factors is not None:
-        inv = inv / freq_factors
-    ang = np.arange(t, dtype=np.float64)[:, None] * inv[None, :]
-    cos, sin = np.cos(ang)[:, None, :], np.sin(ang)[:, None, :]
-    x0, x1 = x[..., 0::2], x[..., 1::2]
-    out = np.empty_like(x)
-    out[..., 0::2] = x0 * cos - x1 * sin
-    out[..., 1::2] = x0 * sin + x1 * cos
-    return out
-
-
-@contextlib.contextmanager
-def _numpy_blas_single_thread() -> Iterator[None]:
-    """numpy's OpenBLAS threads spin-wait; on a busy 2-core machine that makes
-    these small float64 matmuls 20x slower. One thread is plenty here."""
-    try:
-        with open("/proc/self/maps") as maps:
-            path = next(ln.split()[-1] for ln in maps if "scipy_openblas" in ln)
-        lib = ctypes.CDLL(path)
-        get, put = lib.scipy_openblas_get_num_threads64_, lib.scipy_openblas_set_num_threads64_
-    except (OSError, StopIteration, AttributeError):
-        yield  # another numpy build: leave it alone
-        return
-    old = get()
-    put(1)
-    try:
-        yield
-    finally:
-        put(old)
-
-
-def reference_logits(meta: dict[str, Any], w: dict[str, np.ndarray], ids: list[int]) -> np.ndarray:
-    """float64 logits (len(ids), vocab) of a llama GGUF, computed from its raw tensors."""
-    with _numpy_blas_single_thread():
-        return _forward(meta, w, ids)
-
-
-def _forward(meta: dict[str, Any], w: dict[str, np.ndarray], ids: list[int]) -> np.ndarray:
-    a = meta["general.architecture"]
-    n_layers = int(meta[f"{a}.block_count"])
-    n_head = int(meta[f"{a}.attention.head_count"])
-    n_kv = int(meta.get(f"{a}.attention.head_count_kv", n_head))
-    eps = float(meta[f"{a}.attention.layer_norm_rms_epsilon"])
-    base = float(meta.get(f"{a}.rope.freq_base", 10000.0))
-    x = w["token_embd.weight"][ids]
-    t = len(ids)
-    mask = np.triu(np.full((t, t), -np.inf), 1)
-    for i in range(n_layers):
-        p = f"blk.{i}."
-        h = _rms_norm(x, w[p + "attn_norm.weight"], eps)
-        q, k, v = (h @ w[p + f"attn_{n}.weight"].T + w.get(p + f"attn_{n}.bias", 0.0) for n in "qkv")
-        hd = q.shape[-1] // n_head
-        q = _rope_adjacent(q.reshape(t, n_head, hd), base, w.get("rope_freqs.weight"))
-        k = _rope_adjacent(k.reshape(t, n_kv, hd), base, w.get("rope_freqs.weight"))
-        v = v.reshape(t, n_kv, hd)
-        rep = n_head // n_kv
-        k, v = np.repeat(k, rep, axis=1), np.repeat(v, rep, axis=1)
-        scores = np.einsum("qhd,khd->hqk", q, k) / np.sqrt(hd) + mask
-        scores = np.exp(scores - scores.max(-1, keepdims=True))
-        scores /= scores.sum(-1, keepdims=True)
-        attn = np.einsum("hqk,khd->qhd", scores, v).reshape(t, n_head * hd)
-        x = x + attn @ w[p + "attn_output.weight"].T
-        h = _rms_norm(x, w[p + "ffn_norm.weight"], eps)
-        gate = h @ w[p + "ffn_gate.weight"].T
-        x = x + (gate / (1 + np.exp(-gate)) * (h @ w[p + "ffn_up.weight"].T)) @ w[p + "ffn_down.weight"].T
-    x = _rms_norm(x, w["output_norm.weight"], eps)
-    return x @ w.get("output.weight", w["token_embd.weight"]).T
+    return by_architecture(meta, w, ids, **options)
 
 
 # ---------------------------------------------------------------- tokenizer

@@ -76,17 +76,25 @@ def test_truncated_gguf(tmp_path, default_gguf):
 
 
 def test_unsupported_architecture(tmp_path):
-    path = write_raw(tmp_path / "qwen.gguf", "qwen2", {"token_embd.weight": (Q.F32, (8, 32))},
+    path = write_raw(tmp_path / "mamba.gguf", "mamba", {"token_embd.weight": (Q.F32, (8, 32))},
                      {"tokenizer.ggml.model": "gpt2"})
-    fails(path, "architecture 'qwen2' is not supported")
+    message = fails(path, "architecture 'mamba' is not supported")
+    assert "llama, qwen2, qwen3, gemma2, gemma3, phi3" in message
 
 
 def test_unsupported_tensor_type(tmp_path):
-    path = write_raw(tmp_path / "k.gguf", "llama",
-                     {"token_embd.weight": (Q.Q8_0, (8, 256)), "blk.0.ffn_down.weight": (Q.Q6_K, (8, 256))},
+    path = write_raw(tmp_path / "iq2.gguf", "llama",
+                     {"token_embd.weight": (Q.Q8_0, (8, 256)), "blk.0.ffn_down.weight": (Q.IQ2_XXS, (8, 256))},
                      {"tokenizer.ggml.model": "gpt2"})
-    message = fails(path, "tensor type Q6_K is not supported")
-    assert "blk.0.ffn_down.weight" in message
+    message = fails(path, "tensor type IQ2_XXS is not supported")
+    assert "blk.0.ffn_down.weight" in message and "Q6_K" in message  # the message lists what works
+
+
+def test_unexpected_tensor_is_named(tmp_path, tokenizer_meta):
+    from tests.models.archs import write_model
+
+    path = write_model(tmp_path / "extra.gguf", "qwen3", tokenizer_meta, extra={"blk.0.attn_q.bias": (64,)})
+    fails(path, "unexpected tensor 'blk.0.attn_q.bias'")
 
 
 def test_unsupported_tokenizer(tmp_path, tokenizer_meta):

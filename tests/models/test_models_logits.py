@@ -52,7 +52,7 @@ def test_quantized_in_memory_agrees(gguf_reference):
 def test_unpermute_inverts_llama_cpp_permute():
     import mlx.core as mx
 
-    from worker.models.gguf_convert import unpermute_rows
+    from worker.models.gguf_tensors import unpermute_rows
 
     rng = np.random.default_rng(0)
     for n_head, shape, dtype in [(9, (576, 72), np.uint32), (3, (192, 18), np.float16), (4, (64,), np.float32)]:

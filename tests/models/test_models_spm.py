@@ -1,5 +1,7 @@
-"""SentencePiece-style GGUF vocabularies (Llama 2, Mistral, TinyLlama) against
-the `sentencepiece` library itself, on a small BPE model trained here."""
+"""SentencePiece-style GGUF vocabularies against the `sentencepiece` library
+itself, on small BPE models trained here: with a dummy-prefix space (Llama 2,
+Mistral, Phi-3, TinyLlama; written as llama and phi3 GGUFs) and without one
+(Gemma; written as a gemma3 GGUF)."""
 
 from __future__ import annotations
 
@@ -10,6 +12,9 @@ import numpy as np
 import pytest
 import sentencepiece as spm  # an mlx-lm dependency
 
+from gguf import GGMLQuantizationType as Q
+
+from tests.models.archs import write_model
 from tests.models.gguf_reference import read_gguf, reference_logits
 from tests.models.gguf_synth import write_llama
 
@@ -24,8 +29,16 @@ TEXTS = [
 ]
 
 
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory) -> tuple:
+FAMILIES = {  # name: (architecture, SentencePiece's add_dummy_prefix)
+    "llama": ("llama", True),
+    "phi3": ("phi3", True),
+    "gemma": ("gemma3", False),
+}
+
+
+@pytest.fixture(scope="module", params=list(FAMILIES))
+def trained(request, tmp_path_factory) -> tuple:
+    arch, prefix = FAMILIES[request.param]
     folder = tmp_path_factory.mktemp("spm")
     rng = random.Random(0)
     (folder / "corpus.txt").write_text("\n".join(" ".join(rng.choice(WORDS) for _ in range(12)) for _ in range(3000)))
@@ -33,7 +46,7 @@ def trained(tmp_path_factory) -> tuple:
     spm.SentencePieceTrainer.train(
         input=str(folder / "corpus.txt"), model_prefix=str(folder / "m"), vocab_size=400, model_type="bpe",
         byte_fallback=True, normalization_rule_name="identity", remove_extra_whitespaces=False,
-        add_dummy_prefix=True, split_digits=True, allow_whitespace_only_pieces=True, character_coverage=1.0,
+        add_dummy_prefix=prefix, split_digits=True, allow_whitespace_only_pieces=True, character_coverage=1.0,
         unk_id=0, bos_id=1, eos_id=2, pad_id=-1, minloglevel=2,
     )
     sp = spm.SentencePieceProcessor(model_file=str(folder / "m.model"))
@@ -44,9 +57,12 @@ def trained(tmp_path_factory) -> tuple:
         "tokenizer.ggml.scores": [sp.get_score(i) for i in range(sp.get_piece_size())],
         "tokenizer.ggml.token_type": kinds,
         "tokenizer.ggml.bos_token_id": 1, "tokenizer.ggml.eos_token_id": 2, "tokenizer.ggml.unknown_token_id": 0,
-        "tokenizer.ggml.add_bos_token": True, "tokenizer.ggml.add_space_prefix": True,
+        "tokenizer.ggml.add_bos_token": True, "tokenizer.ggml.add_space_prefix": prefix,
     }
-    gguf = write_llama(folder / "spm-llama.gguf", meta, tokenizer_model="llama", tied=True, qkv_bias=False)
+    if arch == "llama":
+        gguf = write_llama(folder / "spm-llama.gguf", meta, tokenizer_model="llama", tied=True, qkv_bias=False)
+    else:
+        gguf = write_model(folder / f"spm-{arch}.gguf", arch, meta, tokenizer_model="llama", types=(Q.Q8_0, Q.F16))
     return sp, gguf
 
 
@@ -77,7 +93,8 @@ def test_round_trip_and_bos(trained, loaded, text):
 def test_special_tokens_in_text(trained, loaded):
     sp, _ = trained
     ids = loaded.tokenizer.encode("</s>hello", add_special_tokens=False)
-    assert ids[0] == 2 and ids[1:] == sp.encode("hello")  # a space is prefixed after a special token, as in llama.cpp
+    # a space is prefixed after a special token, as in llama.cpp (when the vocabulary prefixes at all)
+    assert ids[0] == 2 and ids[1:] == sp.encode("hello")
 
 
 def test_logits_match_reference(trained, loaded):

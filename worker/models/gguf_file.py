@@ -1,10 +1,10 @@
 """Read a GGUF file's header and decide, before any conversion work, whether we can.
 
-`mx.load` reads the tensors, but it silently dequantizes types it has no MLX
-form for (BF16, K-quants) to float16 and does not report tensor types, so the
-header is parsed here. A small parser of our own (the format is simple) reads
-the 100k-entry vocabulary in well under a second, where the `gguf` package's
-reader takes several on this machine.
+A small parser of our own (the format is simple) reads the 100k-entry
+vocabulary in well under a second, where the `gguf` package's reader takes
+several on this machine. Tensors are then read straight from the file
+(`GGUFInfo.raw`) and decoded by `gguf_quants`; `mx.load` is not used, as it
+silently turns types it has no MLX form for (BF16, K-quants) into float16.
 """
 
 from __future__ import annotations
@@ -16,22 +16,9 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ModelLoadError
+from .gguf_quants import SUPPORTED_TYPES, type_name
 
 GGUF_MAGIC = b"GGUF"
-SUPPORTED_ARCHITECTURES = ("llama",)
-# ggml type id -> (name, elements per block, bytes per block). Types mx.load
-# turns into MLX arrays without loss: floats as they are, Q4_0/Q4_1/Q8_0 as MLX
-# affine-quantized triples (group size 32); plus BF16, which we read ourselves.
-SUPPORTED_TYPES = {
-    0: ("F32", 1, 4), 1: ("F16", 1, 2), 2: ("Q4_0", 32, 18), 3: ("Q4_1", 32, 20), 8: ("Q8_0", 32, 34),
-    30: ("BF16", 1, 2),  # read by us: mx.load would turn it into float16
-}
-_OTHER_TYPES = {
-    6: "Q5_0", 7: "Q5_1", 9: "Q8_1", 10: "Q2_K", 11: "Q3_K", 12: "Q4_K", 13: "Q5_K", 14: "Q6_K",
-    15: "Q8_K", 16: "IQ2_XXS", 17: "IQ2_XS", 18: "IQ3_XXS", 19: "IQ1_S", 20: "IQ4_NL", 21: "IQ3_S",
-    22: "IQ2_S", 23: "IQ4_XS", 24: "I8", 25: "I16", 26: "I32", 27: "I64", 28: "F64", 29: "IQ1_M",
-    34: "TQ1_0", 35: "TQ2_0", 39: "MXFP4",
-}
 # GGUF value type id -> struct format of a scalar
 _SCALARS = {0: "B", 1: "b", 2: "H", 3: "h", 4: "I", 5: "i", 6: "f", 7: "?", 10: "Q", 11: "q", 12: "d"}
 _STRING, _ARRAY = 8, 9
@@ -45,8 +32,19 @@ class TensorInfo:
 
     @property
     def type_name(self) -> str:
-        known = SUPPORTED_TYPES.get(self.type_id)
-        return known[0] if known else _OTHER_TYPES.get(self.type_id, f"type#{self.type_id}")
+        return type_name(self.type_id)
+
+    @property
+    def count(self) -> int:
+        n = 1
+        for d in self.shape:
+            n *= d
+        return n
+
+    @property
+    def nbytes(self) -> int:
+        kind = SUPPORTED_TYPES[self.type_id]
+        return self.count // kind.block * kind.nbytes
 
 
 @dataclass
@@ -66,6 +64,13 @@ class GGUFInfo:
     @property
     def tensor_types(self) -> dict[str, str]:
         return {name: t.type_name for name, t in self.tensors.items()}
+
+    def raw(self, name: str) -> Any:
+        """A tensor's bytes as a read-only uint8 NumPy view of the file (nothing copied yet)."""
+        import numpy as np
+
+        t = self.tensors[name]
+        return np.memmap(self.path, dtype=np.uint8, mode="r", offset=t.offset, shape=(t.nbytes,))
 
 
 def read_gguf(path: Path) -> GGUFInfo:
@@ -144,19 +149,17 @@ class _Parser:
 
 
 def _check_supported(info: GGUFInfo) -> None:
+    from .gguf_archs import architecture
+
     name = info.path.name
-    if info.architecture not in SUPPORTED_ARCHITECTURES:
-        raise ModelLoadError(
-            f"{name}: GGUF architecture {info.architecture or '(none)'!r} is not supported "
-            f"(supported: {', '.join(SUPPORTED_ARCHITECTURES)}); use an MLX or Hugging Face copy of this model"
-        )
+    architecture(info.architecture, name)
     bad = {n: t.type_name for n, t in info.tensors.items() if t.type_id not in SUPPORTED_TYPES}
     if bad:
         kinds = sorted(set(bad.values()))
-        supported = ", ".join(v[0] for v in SUPPORTED_TYPES.values())
+        supported = ", ".join(t.name for t in SUPPORTED_TYPES.values())
         raise ModelLoadError(
             f"{name}: tensor type {', '.join(kinds)} is not supported (e.g. {next(iter(bad))!r}); "
-            f"supported: {supported} - use a Q4_0, Q4_1, Q8_0, F16 or BF16 GGUF of this model"
+            f"supported: {supported} - use a GGUF of this model in one of these types"
         )
     tokenizer = info.get("tokenizer.ggml.model")
     if tokenizer not in ("gpt2", "llama"):
@@ -169,24 +172,12 @@ def _check_supported(info: GGUFInfo) -> None:
 def _check_complete(info: GGUFInfo) -> None:
     size = info.path.stat().st_size
     for name, t in info.tensors.items():
-        _, per_block, block_bytes = SUPPORTED_TYPES[t.type_id]
-        count = 1
-        for d in t.shape:
-            count *= d
+        per_block = SUPPORTED_TYPES[t.type_id].block
         if t.shape and t.shape[-1] % per_block:
-            raise ModelLoadError(f"{info.path.name}: tensor {name!r} has a row length not divisible by {per_block}")
-        if t.offset + count // per_block * block_bytes > size:
+            raise ModelLoadError(
+                f"{info.path.name}: tensor {name!r} ({t.type_name}) has a row length not divisible by {per_block}"
+            )
+        if t.offset + t.nbytes > size:
             raise ModelLoadError(
                 f"{info.path} is truncated: tensor {name!r} extends past the end of the file; download it again"
             )
-
-
-def read_bf16(info: GGUFInfo, name: str) -> Any:
-    """A BF16 tensor as an MLX bfloat16 array, bit for bit."""
-    import mlx.core as mx
-    import numpy as np
-
-    t = info.tensors[name]
-    count = int(np.prod(t.shape)) if t.shape else 1
-    bits = np.fromfile(info.path, dtype="<u2", count=count, offset=t.offset).astype(np.uint32) << 16
-    return mx.array(bits.view(np.float32).reshape(t.shape)).astype(mx.bfloat16)

@@ -28,6 +28,12 @@ _QWEN2_SPLIT = (
     r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}"
     r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
 )
+# Mistral's Tekken (Nemo, Small 3): words split at case changes, digits alone.
+_TEKKEN_SPLIT = (
+    r"[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}\p{Lm}\p{Lo}\p{M}]+"
+    r"|[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]+[\p{Ll}\p{Lm}\p{Lo}\p{M}]*"
+    r"|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
 _PRE_TOKENIZERS: dict[str, tuple[str, str | None]] = {
     # name: (kind, regex)
     "default": ("gpt2", None),
@@ -41,6 +47,7 @@ _PRE_TOKENIZERS: dict[str, tuple[str, str | None]] = {
     "llama3": ("split", _LLAMA3_SPLIT),
     "smaug-bpe": ("split", _LLAMA3_SPLIT),
     "qwen2": ("split", _QWEN2_SPLIT),
+    "tekken": ("split", _TEKKEN_SPLIT),
 }
 # llama.cpp uses whole-word vocabulary hits before merging only for llama-3.
 _IGNORE_MERGES = {"llama-bpe", "llama3", "smaug-bpe"}

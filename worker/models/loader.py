@@ -87,7 +87,9 @@ def _text_weights(model: Any, path: Path, weights: str, split: Callable[[Any], A
     if cached is not None:
         model = cached
     else:
-        convert_weights(model, choice)
+        from .gguf_float import exact_float_weights
+
+        convert_weights(model, choice, exact_float_weights(path) if cacheable else None)
     if split is not None:
         split(model)
     mx.eval(model.parameters())

@@ -43,14 +43,18 @@ def is_float_choice(choice: str) -> bool:
     return choice in _FLOATS
 
 
-def convert_weights(model: Any, choice: str) -> None:
-    """Convert in place (lazily: nothing is computed until evaluated)."""
+def convert_weights(model: Any, choice: str, exact: dict[str, Any] | None = None) -> None:
+    """Convert in place (lazily: nothing is computed until evaluated).
+
+    exact: float32 weights to use for some quantized layers instead of
+    dequantizing their MLX form (a GGUF's own values, see gguf_float).
+    """
     import mlx.core as mx
 
     if choice in _FLOATS:
         if choice == "float16" and mx.default_device() == mx.cpu:
             say("warning: float16 weights are extremely slow on the MLX CPU backend")
-        dequantize(model)
+        dequantize(model, exact)
         model.set_dtype(getattr(mx, choice))
     elif choice in ("q4", "q8"):
         bits = 4 if choice == "q4" else 8
@@ -73,8 +77,9 @@ def _auto_choice(model: Any) -> str:
     return "float32"
 
 
-def dequantize(model: Any) -> None:
-    """Replace quantized layers by float32 ones (exact: scales upcast first)."""
+def dequantize(model: Any, exact: dict[str, Any] | None = None) -> None:
+    """Replace quantized layers by float32 ones (scales upcast first), taking a
+    layer's weight from `exact` (name -> float32 array) where it has one."""
     import mlx.core as mx
     import mlx.nn as nn
     from mlx.utils import tree_unflatten
@@ -88,16 +93,17 @@ def dequantize(model: Any) -> None:
             continue
         s = streams[len(replaced) % len(streams)]
         biases = m.get("biases")
-        w = mx.dequantize(
-            m.weight,
-            m.scales.astype(mx.float32, stream=s),
-            None if biases is None else biases.astype(mx.float32, stream=s),
-            group_size=m.group_size,
-            bits=m.bits,
-            mode=getattr(m, "mode", "affine"),
-            stream=s,
-        )
-        new: nn.Module
+        w = (exact or {}).get(name)
+        if w is None:
+            w = mx.dequantize(
+                m.weight,
+                m.scales.astype(mx.float32, stream=s),
+                None if biases is None else biases.astype(mx.float32, stream=s),
+                group_size=m.group_size,
+                bits=m.bits,
+                mode=getattr(m, "mode", "affine"),
+                stream=s,
+            )
         if isinstance(m, nn.QuantizedLinear):
             new = nn.Linear(w.shape[1], w.shape[0], bias="bias" in m)
             if "bias" in m:
