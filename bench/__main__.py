@@ -7,6 +7,8 @@
     python -m bench vision                   images: preprocessing, latency, text beside images (tiny VLM)
     python -m bench agents                   constrained decoding vs not; grammar compile time (tiny model)
     python -m bench apis                     each API's translation cost in the gateway (chat, messages, responses, completions)
+    python -m bench gguf                     GGUF types: logit error of each type's MLX form (default model)
+    python -m bench gguf-load                GGUF types: load time (first conversion vs cached) and memory
     python -m bench all                      every suite
 """
 
@@ -53,6 +55,18 @@ def _apis(args: argparse.Namespace, _model: Path) -> None:
     run()  # 32 streams x 1,000 tokens: long enough that the gateway's per-token work dominates
 
 
+def _gguf(args: argparse.Namespace, model: Path) -> None:
+    from .gguf_mapping import run
+
+    run(model, types=args.types)
+
+
+def _gguf_load(args: argparse.Namespace, model: Path) -> None:
+    from .gguf_load import run
+
+    run(model, types=args.types)
+
+
 # suite -> (runner, the model it uses unless --model says otherwise)
 SUITES: dict[str, tuple[Callable[[argparse.Namespace, Path], None], str]] = {
     "serving": (_serving, "tiny"),
@@ -61,6 +75,8 @@ SUITES: dict[str, tuple[Callable[[argparse.Namespace, Path], None], str]] = {
     "vision": (_vision, "tiny-vlm"),
     "agents": (_agents, "tiny"),
     "apis": (_apis, "tiny"),  # a fake worker: the model is not used
+    "gguf": (_gguf, "default"),
+    "gguf-load": (_gguf_load, "default"),
 }
 
 
@@ -75,6 +91,7 @@ def main() -> None:
     p.add_argument("--system-tokens", type=int, default=2000, help="cache: size of the long system prompt (and of the parallel requests' shared prefix)")
     p.add_argument("--parallel", type=int, default=8, help="cache: requests sent at once with a shared prefix")
     p.add_argument("--no-internals", action="store_true", help="cache: skip the in-process part (overhead, --kv-bits)")
+    p.add_argument("--types", nargs="*", default=None, help="gguf: GGUF types to measure (default: all)")
     args = p.parse_args()
 
     from worker.models import build_tiny_model, ensure_default_model, ensure_fast_blas
