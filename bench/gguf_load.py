@@ -3,11 +3,11 @@
     python -m bench gguf-load                       # every type, SmolLM2-135M re-encoded
     python -m bench gguf-load --types Q4_K Q6_K
 
-For each type the default model's weights are written as a GGUF of that type
-(bench/gguf_encode.py; matrices whose rows are not a multiple of 256 weights
-fall back to the type llama.cpp's quantizer would pick, e.g. Q4_K -> Q5_0).
-Each measurement runs in a fresh process with its own empty cache, so nothing
-is shared between types:
+For each type a llama of SmolLM2's size (140M weights: 8 layers of width 1024,
+SmolLM2's 49k vocabulary; random weights, since SmolLM2's own rows of 576 are
+no multiple of 256 and could not be K-quants) is written with every matrix in
+that type (bench/gguf_encode.py). Each measurement runs in a fresh process
+with its own empty cache, so nothing is shared between types:
 
     first     load_model(file): convert to the MLX folder, then the weights for
               this backend (CPU: float32 from the GGUF, stored for next time)
@@ -30,8 +30,7 @@ from typing import Any
 import numpy as np
 
 TYPES = ["Q2_K", "Q3_K", "Q4_0", "Q4_1", "Q4_K", "IQ4_NL", "IQ4_XS", "Q5_0", "Q5_1", "Q5_K", "Q6_K", "Q8_0"]
-# llama.cpp's fallback for rows that are not a multiple of 256 weights.
-FALLBACK = {"Q2_K": "IQ4_NL", "Q3_K": "IQ4_NL", "IQ4_XS": "IQ4_NL", "Q4_K": "Q5_0", "Q5_K": "Q5_1", "Q6_K": "Q8_0"}
+SHAPE = {"hidden": 1024, "ffn": 2816, "layers": 8, "heads": 16, "kv_heads": 4}
 _CHILD = """
 import json, resource, sys, time
 from worker.models import ensure_fast_blas
@@ -66,7 +65,7 @@ def run(model_path: Path, types: list[str] | None = None) -> None:
 
 
 def _child(root: Path, env: dict[str, str], path: Path, weights: str) -> dict[str, Any]:
-    out = subprocess.run([sys.executable, "-c", _CHILD, str(path), weights], cwd=root, env=env,
+    out = subprocess.run([sys.executable, "-c", _CHILD, str(path), weights], cwd=root, env=env, check=False,
                          capture_output=True, text=True, timeout=1800)
     if out.returncode:
         raise RuntimeError(out.stderr[-2000:])
@@ -74,32 +73,54 @@ def _child(root: Path, env: dict[str, str], path: Path, weights: str) -> dict[st
 
 
 def write_gguf(path: Path, kind: str) -> None:
-    """The default model's GGUF, its quantized matrices re-encoded as `kind`."""
+    """A 140M-weight llama of random weights (SmolLM2's size, with rows a multiple of
+    256 so every matrix can be a K-quant) and the default model's tokenizer, every
+    matrix and the embedding in `kind`."""
     import gguf
 
     from bench.gguf_encode import encode
     from worker.models.default import ensure_default_gguf
-    from worker.models.gguf_quants import QUANT_TYPES, dequantize_raw
+    from worker.models.gguf_file import read_gguf
+    from worker.models.gguf_quants import QUANT_TYPES
 
-    src = gguf.GGUFReader(ensure_default_gguf())
+    meta = read_gguf(ensure_default_gguf()).meta  # kmlx's own reader: gguf-py's takes minutes here
+    h, ffn, layers, heads, kv_heads = SHAPE["hidden"], SHAPE["ffn"], SHAPE["layers"], SHAPE["heads"], SHAPE["kv_heads"]
     writer = gguf.GGUFWriter(str(path), "llama")
-    for field in src.fields.values():
-        if field.name.startswith("GGUF.") or field.name == "general.architecture":
-            continue
-        value = field.contents()
-        vtype = field.types[0]
-        sub = field.types[-1] if vtype == gguf.GGUFValueType.ARRAY else None
-        writer.add_key_value(field.name, value, vtype, sub_type=sub)
-    by_name = {t.name: t for t in QUANT_TYPES.values()}
-    for t in src.tensors:
-        shape = tuple(int(d) for d in reversed(t.shape))
-        if t.tensor_type.name in ("F32", "F16") or len(shape) == 1:
-            writer.add_tensor(t.name, np.asarray(t.data))
-            continue
-        values = dequantize_raw(np.asarray(t.data).view(np.uint8), t.tensor_type.value).reshape(shape)
-        use = kind if shape[1] % by_name[kind].block == 0 else FALLBACK.get(kind, kind)
-        raw = encode(values, use).reshape(shape[0], -1)
-        writer.add_tensor(t.name, raw, raw_dtype=gguf.GGMLQuantizationType(by_name[use].id))
+    for key, value in meta.items():
+        if key.startswith("tokenizer."):
+            if isinstance(value, list):
+                writer.add_array(key, value)
+            elif isinstance(value, str):
+                writer.add_string(key, value)
+            elif isinstance(value, bool):
+                writer.add_bool(key, value)
+            else:
+                writer.add_uint32(key, value)
+    writer.add_block_count(layers)
+    writer.add_context_length(2048)
+    writer.add_embedding_length(h)
+    writer.add_feed_forward_length(ffn)
+    writer.add_head_count(heads)
+    writer.add_head_count_kv(kv_heads)
+    writer.add_layer_norm_rms_eps(1e-5)
+    writer.add_rope_dimension_count(h // heads)
+    qtype = gguf.GGMLQuantizationType(next(t.id for t in QUANT_TYPES.values() if t.name == kind))
+    rng = np.random.default_rng(0)
+
+    def matrix(name: str, rows: int, cols: int) -> None:
+        values = (rng.standard_normal((rows, cols), dtype=np.float32) * 0.02)
+        writer.add_tensor(name, encode(values, kind).reshape(rows, -1), raw_dtype=qtype)
+
+    matrix("token_embd.weight", len(meta["tokenizer.ggml.tokens"]), h)
+    kv = kv_heads * h // heads
+    for i in range(layers):
+        p = f"blk.{i}."
+        writer.add_tensor(p + "attn_norm.weight", np.ones(h, np.float32))
+        writer.add_tensor(p + "ffn_norm.weight", np.ones(h, np.float32))
+        for name, rows, cols in (("attn_q", h, h), ("attn_k", kv, h), ("attn_v", kv, h), ("attn_output", h, h),
+                                 ("ffn_gate", ffn, h), ("ffn_up", ffn, h), ("ffn_down", h, ffn)):
+            matrix(p + name + ".weight", rows, cols)
+    writer.add_tensor("output_norm.weight", np.ones(h, np.float32))
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()

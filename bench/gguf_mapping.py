@@ -34,9 +34,9 @@ PROMPTS = [
 ]
 TYPES = ["Q2_K", "Q3_K", "Q4_0", "Q4_1", "Q4_K", "IQ4_NL", "IQ4_XS", "Q5_0", "Q5_1", "Q5_K", "Q6_K", "Q8_0"]
 # Other forms measured for the types that are requantized, to justify the choice in REQUANTIZE.
-CANDIDATES = {"Q2_K": [(3, 32), (4, 32), (4, 64)], "Q3_K": [(4, 32), (4, 64), (6, 32)],
-              "Q6_K": [(6, 32), (8, 32), (8, 64)], "IQ4_NL": [(4, 32), (6, 32), (8, 32)],
-              "IQ4_XS": [(4, 32), (6, 32), (8, 32)]}
+CANDIDATES = {"Q2_K": [(4, 32), (5, 32), (6, 32)], "Q3_K": [(4, 32), (5, 32), (6, 32)],
+              "Q6_K": [(6, 32), (8, 32), (8, 64)], "IQ4_NL": [(4, 32), (5, 32), (6, 32), (8, 32)],
+              "IQ4_XS": [(4, 32), (5, 32), (6, 32), (8, 32)]}
 
 
 def run(model_path: Path, types: list[str] | None = None) -> None:
@@ -88,7 +88,7 @@ def _forms(kind: str) -> list[tuple[int, int]]:
 
 
 def _matrices(model: Any) -> dict[str, np.ndarray]:
-    import mlx.nn as nn
+    from mlx import nn
 
     return {name: np.array(m.weight) for name, m in model.named_modules()
             if isinstance(m, (nn.Linear, nn.Embedding)) and m.weight.size % 256 == 0}
@@ -129,7 +129,7 @@ def _with_affine(model: Any, blocks: dict[str, Any], original: dict[str, np.ndar
     import copy
 
     import mlx.core as mx
-    import mlx.nn as nn
+    from mlx import nn
     from mlx.utils import tree_unflatten
 
     from worker.models.gguf_affine import to_affine

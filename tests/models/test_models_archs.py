@@ -101,3 +101,21 @@ def test_gemma3_sliding_pattern_default(tmp_path, small_tokenizer_meta):
     info.meta["gemma3.attention.sliding_window_pattern"] = [True, True, False, True, True, False]
     info.meta["gemma3.block_count"] = 6
     assert gemma3.config(info)["sliding_window_pattern"] == 3
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_mlx_quantized_form(arch, cache_dir, tmp_path, small_tokenizer_meta):
+    """What Metal/CUDA run (here on the CPU): exactly-mapped types only, so the
+    difference is the scales' rounding (bfloat16 for Gemma, float16 otherwise)."""
+    import mlx.core as mx
+    import mlx.nn as nn
+
+    from worker.models import load_model
+
+    path = write_model(tmp_path / f"{arch}.gguf", arch, small_tokenizer_meta, types=(Q.Q4_K, Q.Q8_0, Q.Q5_K, Q.Q4_0))
+    loaded = load_model(str(path), weights="native")
+    meta, weights, _ = read_gguf(path)
+    scales = {m.scales.dtype for _, m in loaded.model.named_modules() if isinstance(m, nn.QuantizedLinear)}
+    assert scales == {mx.bfloat16 if arch.startswith("gemma") else mx.float16}
+    got, expected = mlx_logits(loaded.model, IDS), reference_logits(meta, weights, IDS)
+    assert np.sqrt(np.mean((got - expected) ** 2) / np.mean(expected**2)) < 0.05

@@ -10,7 +10,13 @@ from gguf import GGMLQuantizationType as Q
 
 from tests.models.archs.common import random_blocks
 from worker.models.gguf_affine import EXACT, REQUANTIZE, pack_codes, to_affine
-from worker.models.gguf_quants import QUANT_TYPES, SUPPORTED_TYPES, decode, dequantize, dequantize_raw
+from worker.models.gguf_quants import (
+    QUANT_TYPES,
+    SUPPORTED_TYPES,
+    decode,
+    dequantize,
+    dequantize_raw,
+)
 
 TYPES = sorted(QUANT_TYPES.values(), key=lambda t: t.id)
 

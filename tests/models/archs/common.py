@@ -210,7 +210,8 @@ def numpy_blas_single_thread() -> Iterator[None]:
     """numpy's OpenBLAS threads spin-wait; on a busy 2-core machine that makes
     these small float64 matmuls 20x slower. One thread is plenty here."""
     try:
-        path = next(ln.split()[-1] for ln in open("/proc/self/maps") if "scipy_openblas" in ln)
+        with open("/proc/self/maps") as maps:
+            path = next(ln.split()[-1] for ln in maps if "scipy_openblas" in ln)
         lib = ctypes.CDLL(path)
         get, put = lib.scipy_openblas_get_num_threads64_, lib.scipy_openblas_set_num_threads64_
     except (OSError, StopIteration, AttributeError):

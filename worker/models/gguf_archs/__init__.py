@@ -6,6 +6,7 @@ Each module maps one `general.architecture` onto an mlx-lm model class
     MODEL_TYPE: str                         the mlx-lm module that runs it
     config(info) -> dict                    config.json for that module, from the GGUF metadata
     plan(info, config) -> list[TensorPlan]  where each GGUF tensor goes, and how it is adjusted
+    SCALE_DTYPE: str (optional)             dtype of quantized layers' scales (default float16)
 
 The modules are imported only when a file of their architecture is converted.
 """

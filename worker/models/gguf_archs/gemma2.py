@@ -15,6 +15,9 @@ from typing import Any
 from ..gguf_file import GGUFInfo
 from . import common
 
+# Gemma's activations overflow float16 (as Hugging Face warns): quantized layers
+# keep bfloat16 scales, so Metal/CUDA compute in bfloat16.
+SCALE_DTYPE = "bfloat16"
 MODEL_TYPE = "gemma2"
 LAYER = {
     "attn_norm": "input_layernorm",

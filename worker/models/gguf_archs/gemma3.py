@@ -17,6 +17,9 @@ from ..gguf_file import GGUFInfo
 from . import common
 from .gemma2 import LAYER as GEMMA2_LAYER
 
+# Gemma's activations overflow float16 (as Hugging Face warns): quantized layers
+# keep bfloat16 scales, so Metal/CUDA compute in bfloat16.
+SCALE_DTYPE = "bfloat16"
 MODEL_TYPE = "gemma3_text"
 LAYER = {**GEMMA2_LAYER, "attn_q_norm": "self_attn.q_norm", "attn_k_norm": "self_attn.k_norm"}
 _27B_LAYERS = 62
