@@ -14,7 +14,8 @@ with its own empty cache, so nothing is shared between types:
     cached    the same call again, in a new process: everything read from cache
     native    weights="native" from the cached conversion (what Metal/CUDA run)
 
-Printed: seconds, the process's peak RSS, and MLX's active memory after load.
+Printed: seconds of `load_model` (mlx-lm and transformers already imported,
+as in a running worker), and the process's peak RSS.
 """
 
 from __future__ import annotations
@@ -36,13 +37,13 @@ import json, resource, sys, time
 from worker.models import ensure_fast_blas
 ensure_fast_blas(reexec=False)
 import mlx.core as mx
+import mlx_lm.utils  # imported before the clock starts, as a worker has it already (seconds of Python)
 from worker.models import load_model
 start = time.perf_counter()
 loaded = load_model(sys.argv[1], weights=sys.argv[2])
 seconds = time.perf_counter() - start
 print(json.dumps({"seconds": seconds, "weights": loaded.weights,
-                  "rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
-                  "active_gb": mx.get_active_memory() / 2**30}))
+                  "rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}))
 """
 
 

@@ -59,6 +59,7 @@ def load_model(
         model, in_memory = _text_weights(model, resolved.path, weights, split)
     if isinstance(tokenizer, _Pending):
         tokenizer = tokenizer.get()
+    materialize(model)
     log.debug("loaded %s in %.2f s (weights %s)", resolved.model_id, time.perf_counter() - start, in_memory)
     return LoadedModel(
         model=model,
@@ -96,6 +97,19 @@ def _text_weights(model: Any, path: Path, weights: str, split: Callable[[Any], A
     if cacheable and cached is None and split is None:
         store_derived(path, choice, model)
     return model, describe_weights(model)
+
+
+def materialize(model: Any) -> None:
+    """Evaluate every array the model holds, private ones too (e.g. rope
+    frequencies computed at construction): a worker loads models on a thread
+    of its own, and MLX evaluates an array only on the thread whose stream
+    made it."""
+    import mlx.core as mx
+
+    arrays = [
+        v for m in model.modules() for v in (*m.values(), *vars(m).values()) if isinstance(v, mx.array)
+    ]
+    mx.eval(model.parameters(), arrays)
 
 
 def read_config(folder: Path) -> dict[str, Any]:

@@ -9,8 +9,8 @@ less memory, so the stored form is kept there.
 
 from __future__ import annotations
 
-import functools
 import os
+import threading
 from typing import Any, cast
 
 from .errors import ModelLoadError
@@ -105,7 +105,7 @@ def dequantize(model: Any, exact: dict[str, Any] | None = None) -> None:
                 stream=s,
             )
         if isinstance(m, nn.QuantizedLinear):
-            new = nn.Linear(w.shape[1], w.shape[0], bias="bias" in m)
+            new: nn.Module = nn.Linear(w.shape[1], w.shape[0], bias="bias" in m)
             if "bias" in m:
                 new.bias = m.bias
         else:
@@ -120,12 +120,18 @@ def dequantize(model: Any, exact: dict[str, Any] | None = None) -> None:
         dequantize_model(model)
 
 
-@functools.lru_cache(maxsize=1)
+_streams = threading.local()
+
+
 def _cpu_streams() -> list[Any]:
-    """A few CPU streams, made once: MLX keeps every stream for the process's life."""
+    """A few CPU streams, made once per thread: MLX keeps every stream for the
+    process's life, and a stream can only be used on the thread that made it
+    (a worker loads models on a thread of its own)."""
     import mlx.core as mx
 
-    return [mx.new_stream(mx.cpu) for _ in range(max(1, min(os.cpu_count() or 1, 4)))]
+    if not hasattr(_streams, "cpu"):
+        _streams.cpu = [mx.new_stream(mx.cpu) for _ in range(max(1, min(os.cpu_count() or 1, 4)))]
+    return _streams.cpu
 
 
 def quantize(model: Any, bits: int, group_size: int = 32) -> None:
