@@ -133,6 +133,32 @@ def finish(s: Synth, path: Path) -> Path:
     return path
 
 
+def write_llama_layers(s: Synth, shape: dict[str, int], *, biases: bool = False, qk_norm: bool = False,
+                       permute: Any = None) -> None:
+    """The layers of a llama-like model (llama, qwen2, qwen3): attention with optional
+    q/k/v biases and per-head q/k norms, a SwiGLU MLP. permute(rows, heads) is
+    llama.cpp's q/k row permutation, for llama."""
+    h, f, n_head, n_kv = shape["hidden"], shape["ffn"], shape["heads"], shape["kv_heads"]
+    hd = shape.get("head_dim", h // n_head)
+    for i in range(shape["layers"]):
+        p = f"blk.{i}."
+        s.vector(p + "attn_norm.weight", h, mean=1.0)
+        for name, heads in (("attn_q", n_head), ("attn_k", n_kv), ("attn_v", 0)):
+            rows = (heads or n_kv) * hd
+            rope_rows = (lambda w, n=heads: permute(w, n)) if permute and heads else None
+            s.matrix(p + name + ".weight", rows, h, transform=rope_rows)
+            if biases:
+                s.vector(p + name + ".bias", rows, transform=rope_rows)
+        if qk_norm:
+            s.vector(p + "attn_q_norm.weight", hd, mean=1.0)
+            s.vector(p + "attn_k_norm.weight", hd, mean=1.0)
+        s.matrix(p + "attn_output.weight", h, n_head * hd)
+        s.vector(p + "ffn_norm.weight", h, mean=1.0)
+        s.matrix(p + "ffn_gate.weight", f, h)
+        s.matrix(p + "ffn_up.weight", f, h)
+        s.matrix(p + "ffn_down.weight", h, f)
+
+
 # ---------------------------------------------------------------- float64 forward pieces
 
 
@@ -223,3 +249,28 @@ def numpy_blas_single_thread() -> Iterator[None]:
         yield
     finally:
         put(old)
+
+
+def llama_forward(meta: dict[str, Any], w: dict[str, np.ndarray], ids: list[int], *, neox: bool) -> np.ndarray:
+    """The llama block: optional q/k/v biases, optional per-head q/k norms (qwen3),
+    rope in llama.cpp's "normal" (llama) or NeoX (qwen) layout, optional rope_freqs."""
+    hp = hparams(meta)
+    x = w["token_embd.weight"][ids]
+    t, hd = len(ids), hp["head_dim"]
+    rope_options = {"neox": neox, "freq_factors": w.get("rope_freqs.weight")}
+    for i in range(hp["layers"]):
+        p = f"blk.{i}."
+        h = rms_norm(x, w[p + "attn_norm.weight"], hp["eps"])
+        q, k, v = (h @ w[p + f"attn_{n}.weight"].T + w.get(p + f"attn_{n}.bias", 0.0) for n in "qkv")
+        q, k = q.reshape(t, hp["heads"], hd), k.reshape(t, hp["kv_heads"], hd)
+        if p + "attn_q_norm.weight" in w:
+            q = rms_norm(q, w[p + "attn_q_norm.weight"], hp["eps"])
+            k = rms_norm(k, w[p + "attn_k_norm.weight"], hp["eps"])
+        q, k = rope(q, hp["base"], **rope_options), rope(k, hp["base"], **rope_options)
+        out = attention(q, k, v.reshape(t, hp["kv_heads"], hd), scale=hd**-0.5)
+        x = x + out @ w[p + "attn_output.weight"].T
+        h = rms_norm(x, w[p + "ffn_norm.weight"], hp["eps"])
+        gate = h @ w[p + "ffn_gate.weight"].T
+        x = x + (silu(gate) * (h @ w[p + "ffn_up.weight"].T)) @ w[p + "ffn_down.weight"].T
+    x = rms_norm(x, w["output_norm.weight"], hp["eps"])
+    return x @ w.get("output.weight", w["token_embd.weight"]).T

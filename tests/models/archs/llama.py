@@ -23,26 +23,11 @@ def write(path: Path, tokenizer_meta: dict[str, Any], *, types: tuple[Q, ...] = 
           shape: dict[str, int] = SHAPE, tied: bool = False, qkv_bias: bool = True, tokenizer_model: str = "gpt2",
           rope_freqs: np.ndarray | None = None, embed_type: Q = Q.Q8_0, output_type: Q = Q.Q4_0) -> Path:
     s = common.start(path, "llama", shape, tokenizer_meta, types, seed, tokenizer_model)
-    h, f, n_head, n_kv = shape["hidden"], shape["ffn"], shape["heads"], shape["kv_heads"]
-    hd = h // n_head
-    s.writer.add_rope_dimension_count(hd)
+    h = shape["hidden"]
+    s.writer.add_rope_dimension_count(h // shape["heads"])
     vocab = len(tokenizer_meta["tokenizer.ggml.tokens"])
     s.matrix("token_embd.weight", vocab, h, embed_type)
-    for i in range(shape["layers"]):
-        p = f"blk.{i}."
-        s.vector(p + "attn_norm.weight", h, mean=1.0)
-        s.matrix(p + "attn_q.weight", h, h, transform=lambda w: llama_cpp_permute(w, n_head))
-        s.matrix(p + "attn_k.weight", n_kv * hd, h, transform=lambda w: llama_cpp_permute(w, n_kv))
-        s.matrix(p + "attn_v.weight", n_kv * hd, h)
-        if qkv_bias:
-            s.vector(p + "attn_q.bias", h, transform=lambda b: llama_cpp_permute(b, n_head))
-            s.vector(p + "attn_k.bias", n_kv * hd, transform=lambda b: llama_cpp_permute(b, n_kv))
-            s.vector(p + "attn_v.bias", n_kv * hd)
-        s.matrix(p + "attn_output.weight", h, h)
-        s.vector(p + "ffn_norm.weight", h, mean=1.0)
-        s.matrix(p + "ffn_gate.weight", f, h)
-        s.matrix(p + "ffn_up.weight", f, h)
-        s.matrix(p + "ffn_down.weight", h, f)
+    common.write_llama_layers(s, shape, biases=qkv_bias, permute=llama_cpp_permute)
     if rope_freqs is not None:  # what llama.cpp writes for Llama-3.1 rope scaling
         s.add("rope_freqs.weight", np.asarray(rope_freqs), Q.F32)
     s.vector("output_norm.weight", h, mean=1.0)
@@ -52,21 +37,4 @@ def write(path: Path, tokenizer_meta: dict[str, Any], *, types: tuple[Q, ...] = 
 
 
 def forward(meta: dict[str, Any], w: dict[str, np.ndarray], ids: list[int]) -> np.ndarray:
-    hp = common.hparams(meta)
-    x = w["token_embd.weight"][ids]
-    t = len(ids)
-    for i in range(hp["layers"]):
-        p = f"blk.{i}."
-        h = common.rms_norm(x, w[p + "attn_norm.weight"], hp["eps"])
-        q, k, v = (h @ w[p + f"attn_{n}.weight"].T + w.get(p + f"attn_{n}.bias", 0.0) for n in "qkv")
-        hd = hp["head_dim"]
-        rope = {"neox": False, "freq_factors": w.get("rope_freqs.weight")}
-        q = common.rope(q.reshape(t, hp["heads"], hd), hp["base"], **rope)
-        k = common.rope(k.reshape(t, hp["kv_heads"], hd), hp["base"], **rope)
-        attn = common.attention(q, k, v.reshape(t, hp["kv_heads"], hd), scale=hd**-0.5)
-        x = x + attn @ w[p + "attn_output.weight"].T
-        h = common.rms_norm(x, w[p + "ffn_norm.weight"], hp["eps"])
-        gate = h @ w[p + "ffn_gate.weight"].T
-        x = x + (common.silu(gate) * (h @ w[p + "ffn_up.weight"].T)) @ w[p + "ffn_down.weight"].T
-    x = common.rms_norm(x, w["output_norm.weight"], hp["eps"])
-    return x @ w.get("output.weight", w["token_embd.weight"]).T
+    return common.llama_forward(meta, w, ids, neox=False)
