@@ -1,7 +1,7 @@
 """Load time and memory of a GGUF model per tensor type: first start (conversion) vs cached.
 
-    python -m bench gguf-load                       # every type, SmolLM2-135M re-encoded
-    python -m bench gguf-load --types Q4_K Q6_K
+    python -m bench gguf-load                       # SmolLM2's own file, then every type
+    python -m bench gguf-load --types SmolLM2 Q4_K Q6_K
 
 For each type a llama of SmolLM2's size (140M weights: 8 layers of width 1024,
 SmolLM2's 49k vocabulary; random weights, since SmolLM2's own rows of 576 are
@@ -15,13 +15,15 @@ with its own empty cache, so nothing is shared between types:
     native    weights="native" from the cached conversion (what Metal/CUDA run)
 
 Printed: seconds of `load_model` (mlx-lm and transformers already imported,
-as in a running worker), and the process's peak RSS.
+as in a running worker) and MLX's memory after the load: the model's weights,
+what a loaded model holds (its KV caches come on top, with requests).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -33,7 +35,7 @@ import numpy as np
 TYPES = ["Q2_K", "Q3_K", "Q4_0", "Q4_1", "Q4_K", "IQ4_NL", "IQ4_XS", "Q5_0", "Q5_1", "Q5_K", "Q6_K", "Q8_0"]
 SHAPE = {"hidden": 1024, "ffn": 2816, "layers": 8, "heads": 16, "kv_heads": 4}
 _CHILD = """
-import json, resource, sys, time
+import json, sys, time
 from worker.models import ensure_fast_blas
 ensure_fast_blas(reexec=False)
 import mlx.core as mx
@@ -43,24 +45,29 @@ start = time.perf_counter()
 loaded = load_model(sys.argv[1], weights=sys.argv[2])
 seconds = time.perf_counter() - start
 print(json.dumps({"seconds": seconds, "weights": loaded.weights,
-                  "rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}))
+                  "mlx_gb": mx.get_active_memory() / 2**30}))
 """
 
 
 def run(model_path: Path, types: list[str] | None = None) -> None:
     root = Path(__file__).resolve().parents[1]
     with tempfile.TemporaryDirectory(prefix="kmlx-gguf-load-") as tmp:
-        print(f"{'type':7s} {'file MB':>8s} {'first s':>8s} {'cached s':>9s} {'native s':>9s} "
-              f"{'RSS GB (f32/native)':>20s}  in memory")
-        for kind in types or TYPES:
-            path = Path(tmp) / f"SmolLM2-{kind}.gguf"
-            write_gguf(path, kind)
+        print(f"{'file':8s} {'MB':>5s} {'first s':>8s} {'cached s':>9s} {'native s':>9s} "
+              f"{'memory GB f32/native':>21s}  in memory")
+        for kind in types or ["SmolLM2", *TYPES]:
+            path = Path(tmp) / f"{kind}.gguf"
+            if kind == "SmolLM2":  # the real default model's file, as shipped (Q4_1, Q8_0 embedding)
+                from worker.models.default import ensure_default_gguf
+
+                shutil.copy(ensure_default_gguf(), path)
+            else:
+                write_gguf(path, kind)
             env = {**os.environ, "KMLX_CACHE_DIR": str(Path(tmp) / f"cache-{kind}")}
             first = _child(root, env, path, "auto")
             cached = _child(root, env, path, "auto")
             native = _child(root, env, path, "native")
-            print(f"{kind:7s} {path.stat().st_size / 1e6:8.0f} {first['seconds']:8.1f} {cached['seconds']:9.2f} "
-                  f"{native['seconds']:9.2f} {cached['rss_gb']:9.2f} / {native['rss_gb']:.2f}     "
+            print(f"{kind:8s} {path.stat().st_size / 1e6:5.0f} {first['seconds']:8.1f} {cached['seconds']:9.2f} "
+                  f"{native['seconds']:9.2f} {cached['mlx_gb']:12.2f} / {native['mlx_gb']:.2f}      "
                   f"{cached['weights']} / {native['weights']}")
             path.unlink()
 
