@@ -67,6 +67,7 @@ def _symmetric_subblocks(x: np.ndarray, sub: int, low: int, high: int, scale_max
         err = ((np.clip(np.rint(g / _safe(s)[..., None]), low, high) * s[..., None] - g) ** 2).sum(-1)
         best = s if best is None else np.where(err < best_err, s, best)
         best_err = err if best_err is None else np.minimum(err, best_err)
+    assert best is not None
     s = best
     d = (s.max(-1, keepdims=True) / scale_max).astype(np.float16).astype(np.float32)
     sc = np.clip(np.rint(s / _safe(d)), 0, scale_max).astype(np.int16)

@@ -11,7 +11,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import sentencepiece as spm  # an mlx-lm dependency
-
 from gguf import GGMLQuantizationType as Q
 
 from tests.models.archs import write_model

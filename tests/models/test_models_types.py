@@ -42,7 +42,7 @@ def layer_errors(native, exact) -> dict[str, float]:
     out = {}
     for name, m in native.named_modules():
         if isinstance(m, (nn.QuantizedLinear, nn.QuantizedEmbedding)):
-            w = mx.dequantize(m.weight, m.scales.astype(mx.float32), m.biases.astype(mx.float32),
+            w = mx.dequantize(m.weight, m.scales.astype(mx.float32), None if m.biases is None else m.biases.astype(mx.float32),
                               group_size=m.group_size, bits=m.bits)
             out[name] = relative_rms(np.array(w), np.array(floats[name].weight))
     return out

@@ -14,7 +14,7 @@ import json
 import os
 import time
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 from .cache import atomic_dir
 from .gguf_archs import architecture

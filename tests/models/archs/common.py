@@ -257,7 +257,7 @@ def llama_forward(meta: dict[str, Any], w: dict[str, np.ndarray], ids: list[int]
     hp = hparams(meta)
     x = w["token_embd.weight"][ids]
     t, hd = len(ids), hp["head_dim"]
-    rope_options = {"neox": neox, "freq_factors": w.get("rope_freqs.weight")}
+    rope_options: dict[str, Any] = {"neox": neox, "freq_factors": w.get("rope_freqs.weight")}
     for i in range(hp["layers"]):
         p = f"blk.{i}."
         h = rms_norm(x, w[p + "attn_norm.weight"], hp["eps"])

@@ -15,7 +15,7 @@ from gguf import GGMLQuantizationType as Q
 from . import common
 from .gemma2 import gemma_forward, write_layers
 
-SHAPE = {"hidden": 256, "ffn": 512, "layers": 2, "heads": 4, "kv_heads": 1, "head_dim": 64,
+SHAPE: dict[str, Any] = {"hidden": 256, "ffn": 512, "layers": 2, "heads": 4, "kv_heads": 1, "head_dim": 64,
          "rope_base": 1000000.0, "context": 32768}
 WINDOW, PATTERN, LOCAL_BASE, SCALE = 4, 2, 10000.0, 8.0
 

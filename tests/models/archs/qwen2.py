@@ -10,7 +10,7 @@ from gguf import GGMLQuantizationType as Q
 
 from . import common
 
-SHAPE = {"hidden": 256, "ffn": 512, "layers": 2, "heads": 4, "kv_heads": 2, "rope_base": 1000000.0}
+SHAPE: dict[str, Any] = {"hidden": 256, "ffn": 512, "layers": 2, "heads": 4, "kv_heads": 2, "rope_base": 1000000.0}
 
 
 def write(path: Path, tokenizer_meta: dict[str, Any], *, types: tuple[Q, ...] = common.ALL_TYPES, seed: int = 7,

@@ -11,7 +11,7 @@ from gguf import GGMLQuantizationType as Q
 
 from . import common
 
-SHAPE = {"hidden": 256, "ffn": 512, "layers": 2, "heads": 8, "kv_heads": 2, "head_dim": 64, "rope_base": 1000000.0}
+SHAPE: dict[str, Any] = {"hidden": 256, "ffn": 512, "layers": 2, "heads": 8, "kv_heads": 2, "head_dim": 64, "rope_base": 1000000.0}
 
 
 def write(path: Path, tokenizer_meta: dict[str, Any], *, types: tuple[Q, ...] = common.ALL_TYPES, seed: int = 7,
