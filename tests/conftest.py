@@ -15,7 +15,7 @@ import pytest
 
 from tests.support.e2e import E2E, ProcessGuard, starts_processes, uses_process_fixture
 from tests.support.processes import Stack, start_fake_stack, start_stack
-from worker.models import ensure_fast_blas
+from worker.models import LoadedModel, ensure_fast_blas
 
 # Before anything imports MLX: in-process tests then run float32 matmuls on
 # OpenBLAS (when installed), as the worker does. Never re-exec pytest.
@@ -50,6 +50,22 @@ def default_model_path() -> Path:
     from worker.models import ensure_default_model
 
     return ensure_default_model()
+
+
+@pytest.fixture(scope="session")
+def tiny_loaded(tiny_model_path: Path) -> LoadedModel:
+    """The tiny model loaded in this process, as the worker loads it."""
+    from worker.models import load_model
+
+    return load_model(str(tiny_model_path))
+
+
+@pytest.fixture(scope="session")
+def default_loaded() -> LoadedModel:
+    """The default model loaded in this process, as the worker loads it here (float32 on CPU)."""
+    from worker.models import load_model
+
+    return load_model(None)
 
 
 @pytest.fixture(scope="session")

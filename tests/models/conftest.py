@@ -24,14 +24,6 @@ def gguf_reference(default_gguf: Path) -> tuple[dict[str, Any], dict[str, Any], 
 
 
 @pytest.fixture(scope="session")
-def default_loaded() -> Any:
-    """The default model as the worker loads it here (float32 on CPU)."""
-    from worker.models import load_model
-
-    return load_model(None)
-
-
-@pytest.fixture(scope="session")
 def tokenizer_meta(default_gguf: Path) -> dict[str, Any]:
     """The default model's tokenizer metadata, for synthetic GGUFs."""
     from worker.models.gguf_file import read_gguf
