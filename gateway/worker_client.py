@@ -94,6 +94,7 @@ class WorkerClient:
         self._waiting: dict[str, int] = {}
         self._ctx = zmq.asyncio.Context.instance()
         self._sock: zmq.asyncio.Socket | None = None
+        self._monitor: zmq.asyncio.Socket | None = None
         self._streams: dict[str, OutputStream] = {}
         self._calls: dict[str, asyncio.Future[ControlReply]] = {}
         self._tasks: list[asyncio.Task] = []
@@ -144,7 +145,7 @@ class WorkerClient:
         sock.setsockopt(zmq.RCVHWM, 0)
         monitor = sock.get_monitor_socket(zmq.EVENT_CONNECTED | zmq.EVENT_DISCONNECTED)
         sock.connect(self.address)
-        self._sock = sock
+        self._sock, self._monitor = sock, monitor
         self._tasks = [
             asyncio.create_task(self._receive_loop(), name=f"recv {self.address}"),
             asyncio.create_task(self._monitor_loop(monitor), name=f"monitor {self.address}"),
@@ -160,6 +161,9 @@ class WorkerClient:
         if self._sock is not None:
             self._sock.disable_monitor()
             self._sock.close(linger=0)
+        if self._monitor is not None:
+            self._monitor.close(linger=0)  # disable_monitor() leaves the PAIR socket open
+        self._sock = self._monitor = None  # closing twice is harmless
 
     # ------------------------------------------------------------------ #
     async def submit(self, request: ChatRequest) -> OutputStream:
@@ -209,7 +213,8 @@ class WorkerClient:
 
     # ------------------------------------------------------------------ #
     async def _send(self, msg: Any) -> None:
-        assert self._sock is not None
+        if self._sock is None:
+            raise WorkerUnavailable(self.state.reason)  # closed (or never started)
         try:
             await self._sock.send(codec.encode(msg), zmq.NOBLOCK)
         except zmq.Again:

@@ -10,7 +10,14 @@ import msgspec
 import pytest
 
 from protocol.messages import Abort, ControlCall, ControlReply, StepOutputs
-from tests.support.worker_harness import GATEWAY, EngineHarness, assert_idle, chat, make_kv, make_scheduler
+from tests.support.worker_harness import (
+    GATEWAY,
+    EngineHarness,
+    assert_idle,
+    chat,
+    make_kv,
+    make_scheduler,
+)
 from worker.kv.manager import ControlError
 
 OTHER = b"gw-b"

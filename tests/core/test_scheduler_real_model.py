@@ -8,7 +8,14 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.worker_harness import Finished, assert_idle, chat, generate, make_kv, make_scheduler
+from tests.support.worker_harness import (
+    Finished,
+    assert_idle,
+    chat,
+    generate,
+    make_kv,
+    make_scheduler,
+)
 from worker.models.loaded import LoadedModel
 
 QUESTION = "What is the capital of France? Answer in one sentence."

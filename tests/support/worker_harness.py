@@ -16,7 +16,14 @@ from typing import Any
 
 import msgspec
 
-from protocol.messages import PROTOCOL_VERSION, ChatRequest, RequestOutput, SamplingParams, StepOutputs, WorkerInfo
+from protocol.messages import (
+    PROTOCOL_VERSION,
+    ChatRequest,
+    RequestOutput,
+    SamplingParams,
+    StepOutputs,
+    WorkerInfo,
+)
 from worker.engine import Engine
 from worker.kv.conversations import ConversationLimits
 from worker.kv.manager import KVConfig, PromptCacheManager
