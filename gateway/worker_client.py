@@ -205,9 +205,13 @@ class WorkerClient:
         self._calls[call_id] = fut
         try:
             await self._send(ControlCall(call_id=call_id, method=method, args=args or {}))  # type: ignore[arg-type]
-            return await asyncio.wait_for(fut, timeout)
-        except asyncio.TimeoutError:
-            raise WorkerUnavailable(f"worker did not answer {method} within {timeout:.0f}s") from None
+            # Not asyncio.wait_for: before Python 3.12 it swallows a cancellation
+            # that comes in the same loop turn as the reply, and the liveness
+            # loop, cancelled by close(), then pinged on and close() never returned.
+            done, _ = await asyncio.wait((fut,), timeout=timeout)
+            if not done:
+                raise WorkerUnavailable(f"worker did not answer {method} within {timeout:.0f}s")
+            return fut.result()
         finally:
             self._calls.pop(call_id, None)
 

@@ -89,12 +89,13 @@ class Scheduler:
         sampling_defaults: SamplingDefaults | None = None,
         template_defaults: dict[str, Any] | None = None,
         grammar_cache_size: int = DEFAULTS.grammar_cache_size,
+        grammars: GrammarCompiler | None = None,  # tests share one (building it costs ~1 s of CPU)
     ):
         self.tokenizer = tokenizer
         self.sampling_defaults = sampling_defaults or build_defaults(None)
         self.template_defaults = template_defaults or {}
         self.tool_format = detect_tool_format(tokenizer, template_source(tokenizer))
-        self.grammars = GrammarCompiler(tokenizer, cache_size=grammar_cache_size)
+        self.grammars = grammars or GrammarCompiler(tokenizer, cache_size=grammar_cache_size)
         fmt = self.tool_format
         self.marker_tokens = marker_tokens(tokenizer, [fmt.start, fmt.end, FALLBACK.start, FALLBACK.end])
         self.token_bytes = TokenBytes(tokenizer, self.grammars.peek)

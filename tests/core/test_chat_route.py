@@ -18,9 +18,9 @@ import httpx
 import pytest
 from fastapi import FastAPI
 
+from gateway import dispatch
 from gateway.app import create_app
 from gateway.config import GatewayConfig
-from gateway.routes import chat as chat_route
 from protocol.messages import (
     Abort,
     ChatRequest,
@@ -31,9 +31,9 @@ from protocol.messages import (
     Usage,
 )
 from tests.support.asgi import AsgiExchange, sse_data
-from tests.support.fake_worker import FakeWorkerServer, wait_until
+from tests.support.fake_worker import WAIT, FakeWorkerServer, wait_until
 
-pytestmark = [pytest.mark.anyio, pytest.mark.timeout(60)]
+pytestmark = [pytest.mark.anyio, pytest.mark.timeout(120)]
 
 PATH = "/v1/chat/completions"
 
@@ -57,7 +57,7 @@ class Gateway:
 @asynccontextmanager
 async def gateway(*fakes: FakeWorkerServer, **config: Any) -> AsyncIterator[Gateway]:
     """The app in front of ``fakes``, started (lifespan) and with every worker ready."""
-    cfg = GatewayConfig(workers=[f.address for f in fakes], **{"ping_interval": 0.05, "ping_timeout": 5.0, **config})
+    cfg = GatewayConfig(workers=[f.address for f in fakes], **{"ping_interval": 0.05, "ping_timeout": 30.0, **config})
     app = create_app(cfg)
     try:
         async with app.router.lifespan_context(app):
@@ -212,7 +212,7 @@ async def test_a_whole_answer_is_retried_on_another_worker_when_the_first_fails(
         else:
             await first.broadcast(GoingAway(worker_id=first.fake.info.worker_id, reason="shutdown"))
         other.keep_stepping()
-        r = await asyncio.wait_for(task, 10)
+        r = await asyncio.wait_for(task, WAIT)
     assert r.status_code == 200, r.text
     assert r.headers["x-worker-id"] == other.fake.info.worker_id
     assert r.json()["choices"][0]["message"]["content"] == "tok " * 3  # the second run only
@@ -244,7 +244,7 @@ async def test_the_gateways_queue_limit_answers_503_before_the_worker_sees_it(fa
         assert len(fake.of_type(ChatRequest)) == 1  # refused by the gateway itself
         await fake.admit_held()
         await fake.run_to_end()
-        assert (await asyncio.wait_for(waiting, 10)).status_code == 200
+        assert (await asyncio.wait_for(waiting, WAIT)).status_code == 200
         fake.hold_admissions = False
         fake.keep_stepping()
         assert (await gw.http.post(PATH, json=body())).status_code == 200  # room again
@@ -273,7 +273,7 @@ async def test_a_draining_gateway_refuses_new_requests(fake: FakeWorkerServer):
 
 
 async def test_a_request_the_worker_never_admits_times_out_and_is_aborted(fake: FakeWorkerServer, monkeypatch):
-    monkeypatch.setattr(chat_route, "_DEADLINE_GRACE", 0.0)
+    monkeypatch.setattr(dispatch, "_DEADLINE_GRACE", 0.0)
     fake.hold_admissions = True
     async with gateway(fake, request_timeout=0.05) as gw:
         r = await gw.http.post(PATH, json=body())
@@ -283,7 +283,7 @@ async def test_a_request_the_worker_never_admits_times_out_and_is_aborted(fake: 
 
 
 async def test_a_stream_the_worker_stops_feeding_ends_at_the_deadline(fake: FakeWorkerServer, monkeypatch):
-    monkeypatch.setattr(chat_route, "_DEADLINE_GRACE", 0.0)
+    monkeypatch.setattr(dispatch, "_DEADLINE_GRACE", 0.0)
     async with gateway(fake, request_timeout=0.2, keep_alive_seconds=0.02) as gw, gw.stream(body(max_tokens=50)) as ex:
         events = await ex.events()
         wire = fake.of_type(ChatRequest)[0]
@@ -366,7 +366,7 @@ async def test_conversation_cache_calls_reach_the_worker(fake: FakeWorkerServer)
 
 
 async def test_a_hung_worker_turns_health_503_and_back(fake: FakeWorkerServer):
-    async with gateway(fake, ping_timeout=0.3) as gw:
+    async with gateway(fake, ping_timeout=0.5) as gw:
         assert (await gw.http.get("/health")).status_code == 200
         fake.fake.answer_pings = False
         await wait_until(lambda: not gw.app.state.pool.ready, what="marked down")

@@ -17,7 +17,7 @@ from gateway.worker_client import QueueLimits
 from protocol.messages import ChatRequest, SamplingParams
 from tests.support.fake_worker import FakeWorkerServer, wait_until
 
-pytestmark = [pytest.mark.anyio, pytest.mark.timeout(60)]
+pytestmark = [pytest.mark.anyio, pytest.mark.timeout(120)]
 
 
 def request(rid: str) -> ChatRequest:
@@ -35,7 +35,7 @@ class Fleet:
 
 async def start_fleet(stack: AsyncExitStack, models: dict[str, str], **pool_kwargs) -> Fleet:
     fakes = {name: await stack.enter_async_context(FakeWorkerServer(name, model_id=model)) for name, model in models.items()}
-    pool = WorkerPool([f.address for f in fakes.values()], ping_interval=0.05, ping_timeout=5.0, **pool_kwargs)
+    pool = WorkerPool([f.address for f in fakes.values()], ping_interval=0.05, ping_timeout=30.0, **pool_kwargs)
     await pool.start()
     stack.push_async_callback(pool.close)
     await wait_until(lambda: len(pool.ready) == len(fakes), what="every worker ready")

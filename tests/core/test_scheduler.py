@@ -28,8 +28,19 @@ from worker.models.loaded import LoadedModel
 from worker.prompt import render_prompt
 from worker.scheduler import Scheduler
 
-SEEDED = {"temperature": 1.0, "seed": 7, "max_tokens": 24, "ignore_eos": True}
-LONG = "Once upon a time " * 60  # a prompt that takes many prefill chunks
+SEEDED = {"temperature": 1.0, "seed": 7, "max_tokens": 14, "ignore_eos": True}
+LONG = "Once upon a time " * 25  # a prompt that takes several prefill chunks of 32
+
+
+@pytest.fixture(scope="module")
+def story(tiny_loaded: LoadedModel) -> str:
+    """What the seeded "Tell me a story" request generates alone."""
+    return generate(make_scheduler(tiny_loaded), chat("r", **SEEDED)).text
+
+
+@pytest.fixture(scope="module")
+def neighbour(tiny_loaded: LoadedModel) -> str:
+    return generate(make_scheduler(tiny_loaded), chat("n", "Neighbour", **SEEDED)).text
 
 
 def prompt_len(loaded: LoadedModel, req_text: str) -> int:
@@ -80,18 +91,18 @@ def test_a_request_runs_to_its_budget_with_usage_and_counters(tiny_loaded):
     assert_idle(s)
 
 
-def test_seeded_output_does_not_depend_on_batch_neighbours(tiny_loaded):
-    alone = generate(make_scheduler(tiny_loaded), chat("a", "Alpha", **SEEDED)).text
+def test_seeded_output_does_not_depend_on_batch_neighbours(tiny_loaded, story):
     s = make_scheduler(tiny_loaded, max_running=2)
     firsts = [
-        s.admit(GATEWAY, chat("a", "Alpha", **SEEDED)),
+        s.admit(GATEWAY, chat("a", **SEEDED)),
         s.admit(GATEWAY, chat("b", "Something else entirely", **{**SEEDED, "seed": 99})),
         s.admit(GATEWAY, chat("c", LONG, **{**SEEDED, "max_tokens": 5})),  # waits for a slot
     ]
     res = run_to_end(s, firsts)
-    assert res["a"].text == alone
-    assert res["b"].text != alone
-    assert [res[r].final.usage.completion_tokens for r in "abc"] == [24, 24, 5]
+    assert res["a"].text == story
+    assert res["b"].text != story
+    n = SEEDED["max_tokens"]
+    assert [res[r].final.usage.completion_tokens for r in "abc"] == [n, n, 5]
     assert_idle(s)
 
 
@@ -116,41 +127,37 @@ def _stop_inside(text: str) -> tuple[str, str]:
     return stop, text[: text.find(stop)]
 
 
-def test_a_stop_string_ends_the_request_and_is_not_shown(tiny_loaded):
-    full = generate(make_scheduler(tiny_loaded), chat("r", **SEEDED)).text
-    stop, before = _stop_inside(full)
+def test_a_stop_string_ends_the_request_and_is_not_shown(tiny_loaded, story):
+    stop, before = _stop_inside(story)
     s = make_scheduler(tiny_loaded)
     res = generate(s, chat("r", **SEEDED, stop=[stop]))
     assert res.final.finish_reason == "stop"
     assert res.text == before
-    assert res.final.usage.completion_tokens < 24
+    assert res.final.usage.completion_tokens < SEEDED["max_tokens"]
     assert_idle(s)  # the retired sequence left the batch too
 
 
-def test_stop_strings_in_one_step_and_beside_running_requests(tiny_loaded):
+def test_stop_strings_in_one_step_and_beside_running_requests(tiny_loaded, story, neighbour):
     """Two requests stop in the same step (identical ones) while a third keeps
     decoding: each leaves the batch once, the third is unaffected."""
-    full = generate(make_scheduler(tiny_loaded), chat("r", **SEEDED)).text
-    other = generate(make_scheduler(tiny_loaded), chat("o", "Other", **{**SEEDED, "seed": 5})).text
-    stop, before = _stop_inside(full)
+    stop, before = _stop_inside(story)
     s = make_scheduler(tiny_loaded)
     firsts = [
         s.admit(GATEWAY, chat("x", **SEEDED, stop=[stop])),
         s.admit(GATEWAY, chat("y", **SEEDED, stop=[stop])),
-        s.admit(GATEWAY, chat("o", "Other", **{**SEEDED, "seed": 5})),
+        s.admit(GATEWAY, chat("n", "Neighbour", **SEEDED)),
     ]
     res = run_to_end(s, firsts)
     assert res["x"].text == res["y"].text == before
     assert res["x"].final.finish_reason == res["y"].final.finish_reason == "stop"
-    assert res["o"].text == other and res["o"].final.finish_reason == "length"
+    assert res["n"].text == neighbour and res["n"].final.finish_reason == "length"
     assert_idle(s)
 
 
-def test_a_stop_string_finish_commits_the_conversation(tiny_loaded, tmp_path: Path):
+def test_a_stop_string_finish_commits_the_conversation(tiny_loaded, story, tmp_path: Path):
     """A stop string ends a request while it is still in mlx-lm's batch: its
     state comes back only with the removal, and must still be committed."""
-    full = generate(make_scheduler(tiny_loaded), chat("r", **SEEDED)).text
-    stop, before = _stop_inside(full)
+    stop, before = _stop_inside(story)
     kv = make_kv(tmp_path, tiny_loaded)
     s = make_scheduler(tiny_loaded, kv=kv)
     res = generate(s, chat("t1", **SEEDED, stop=[stop], conversation_id="conv"))
@@ -187,8 +194,7 @@ def _advance_to(s: Scheduler, stage: str, rid: str) -> list[RequestOutput]:
 
 
 @pytest.mark.parametrize("stage", ["waiting", "prefilling", "decoding"])
-def test_abort_at_every_stage_is_final_idempotent_and_commits_nothing(tiny_loaded, tmp_path: Path, stage: str):
-    neighbour = generate(make_scheduler(tiny_loaded), chat("n", "Neighbour", **SEEDED)).text
+def test_abort_at_every_stage_is_final_idempotent_and_commits_nothing(tiny_loaded, neighbour, tmp_path: Path, stage: str):
     kv = make_kv(tmp_path, tiny_loaded)
     s = make_scheduler(tiny_loaded, kv=kv, prefill_chunk=32)
     first_n = s.admit(GATEWAY, chat("n", "Neighbour", **SEEDED))
@@ -368,9 +374,8 @@ def test_a_second_request_on_a_busy_conversation_runs_uncached_and_commits_nothi
     assert_idle(s)
 
 
-def test_counters_and_state_return_to_zero_after_a_mixed_load(tiny_loaded, tmp_path: Path):
-    full = generate(make_scheduler(tiny_loaded), chat("r", **SEEDED)).text
-    stop, _ = _stop_inside(full)
+def test_counters_and_state_return_to_zero_after_a_mixed_load(tiny_loaded, story, tmp_path: Path):
+    stop, _ = _stop_inside(story)
     kv = make_kv(tmp_path, tiny_loaded)
     s = make_scheduler(tiny_loaded, kv=kv, max_running=2, max_waiting=3, prefill_chunk=32)
     firsts = [

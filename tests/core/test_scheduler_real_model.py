@@ -51,11 +51,11 @@ def test_the_second_turn_reuses_the_first_reply_and_answers_as_uncached(default_
     assert t1.text == answer.text
     turn1_tokens = t1.final.usage.prompt_tokens + t1.final.usage.completion_tokens
     history = [{"role": "user", "content": QUESTION}, {"role": "assistant", "content": t1.text}]
-    t2 = generate(s, chat("t2", "And of Italy?", history=history, conversation_id="conv", max_tokens=10))
+    t2 = generate(s, chat("t2", "And of Italy?", history=history, conversation_id="conv", max_tokens=5))
     info = t2.outputs[0].started
     # The reply re-renders to the tokens the model generated: everything but
     # the end-of-turn token is reused.
     assert info.mode == "hit" and info.cached_tokens >= turn1_tokens - 1
-    uncached = generate(make_scheduler(default_loaded), chat("u", "And of Italy?", history=history, max_tokens=10))
-    assert t2.text == uncached.text and "Rome" in t2.text
+    uncached = generate(make_scheduler(default_loaded), chat("u", "And of Italy?", history=history, max_tokens=5))
+    assert t2.text == uncached.text and t2.text.strip()
     assert_idle(s)

@@ -4,6 +4,7 @@ The fake steps only when the test says so; every wait has a deadline."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 
 import pytest
@@ -15,6 +16,7 @@ from protocol.messages import (
     Abort,
     ChatRequest,
     ControlCall,
+    ControlReply,
     ErrorInfo,
     GoingAway,
     Hello,
@@ -22,9 +24,9 @@ from protocol.messages import (
     SamplingParams,
     WorkerLoad,
 )
-from tests.support.fake_worker import FakeWorkerServer, wait_until
+from tests.support.fake_worker import WAIT, FakeWorkerServer, wait_until
 
-pytestmark = [pytest.mark.anyio, pytest.mark.timeout(60)]
+pytestmark = [pytest.mark.anyio, pytest.mark.timeout(120)]
 
 
 def request(rid: str, text: str = "hello", max_tokens: int = 3) -> ChatRequest:
@@ -32,7 +34,7 @@ def request(rid: str, text: str = "hello", max_tokens: int = 3) -> ChatRequest:
 
 
 async def connect(address: str, **kwargs) -> WorkerClient:
-    kwargs = {"ping_interval": 0.05, "ping_timeout": 5.0, **kwargs}
+    kwargs = {"ping_interval": 0.05, "ping_timeout": 30.0, **kwargs}
     client = WorkerClient(address, gateway_id="gw-test", **kwargs)
     await client.start()
     return client
@@ -42,8 +44,8 @@ async def drain(stream: OutputStream) -> list[RequestOutput]:
     """Every output up to the final one (each wait bounded)."""
     outs: list[RequestOutput] = []
     while not outs or outs[-1].finish_reason is None:
-        out = await stream.get(timeout=10)
-        assert out is not None, f"no output within 10s after {outs}"
+        out = await stream.get(timeout=WAIT)
+        assert out is not None, f"no output within {WAIT}s after {outs}"
         outs.append(out)
     return outs
 
@@ -91,7 +93,7 @@ async def test_a_worker_of_another_protocol_version_is_refused(fake: FakeWorkerS
 
 async def test_a_worker_whose_compute_loop_never_answers_is_not_ready(fake: FakeWorkerServer):
     fake.fake.answer_pings = False  # the IO thread answers the handshake, the loop is hung
-    c = await connect(fake.address, ping_timeout=0.2)
+    c = await connect(fake.address, ping_timeout=0.5)
     try:
         await fake.wait_for(Hello)
         await fake.wait_for(ControlCall)
@@ -143,11 +145,11 @@ async def test_the_queue_view_follows_admission_then_the_first_token(fake: FakeW
     await fake.wait_for(ChatRequest)
     assert client.queued() == (1, 0)
     await fake.admit_held()
-    first = await stream.get(timeout=10)
+    first = await stream.get(timeout=WAIT)
     assert first.started.processing_tokens == 40
     assert client.queued() == (1, 40)
     await fake.step()
-    assert (await stream.get(timeout=10)).tokens == 1
+    assert (await stream.get(timeout=WAIT)).tokens == 1
     assert client.queued() == (0, 0)
     await fake.step()
     await drain(stream)
@@ -237,17 +239,13 @@ async def test_control_calls_get_their_own_replies(fake: FakeWorkerServer, clien
     assert not unknown.ok and unknown.error.status == 404
 
 
-async def test_an_unanswered_call_times_out_as_unavailable(fake: FakeWorkerServer):
-    c = await connect(fake.address, ping_interval=3600)  # no liveness pings of its own meanwhile
-    try:
-        await wait_until(lambda: c.ready)
-        fake.fake.answer_pings = False
-        with pytest.raises(WorkerUnavailable, match="did not answer ping"):
-            await c.call("ping", timeout=0.05)
-        assert c._calls == {}  # nothing left waiting
-        assert c.ready  # one slow answer does not make a worker down
-    finally:
-        await c.close()
+async def test_an_unanswered_call_times_out_as_unavailable(fake: FakeWorkerServer, client: WorkerClient):
+    fake.fake.answer_pings = False
+    with pytest.raises(WorkerUnavailable, match="did not answer ping"):
+        await client.call("ping", timeout=0.05)
+    # Nothing of that call is left behind (the liveness loop's own ping may be in flight).
+    assert all(not f.done() for f in client._calls.values())
+    assert client.ready  # one slow answer does not make a worker down
 
 
 # --------------------------------------------------------------------------- #
@@ -288,7 +286,7 @@ async def test_going_away_ends_streams_at_once(fake: FakeWorkerServer, client: W
 
 
 async def test_silence_past_the_ping_timeout_marks_the_worker_down_and_back(fake: FakeWorkerServer):
-    c = await connect(fake.address, ping_timeout=0.3)
+    c = await connect(fake.address, ping_timeout=0.5)
     try:
         await wait_until(lambda: c.ready)
         stream = await c.submit(request("r", max_tokens=50))
@@ -324,3 +322,20 @@ async def test_close_closes_every_socket_and_may_be_repeated(fake: FakeWorkerSer
     await c.close()  # a second close (e.g. pool shutdown after a failed start) is harmless
     with pytest.raises(WorkerUnavailable):
         await c.call("stats")  # not an AssertionError from a closed socket
+
+
+async def test_a_cancelled_call_stays_cancelled_when_the_reply_comes_with_the_cancel(fake: FakeWorkerServer, client: WorkerClient):
+    """Regression: call() used asyncio.wait_for, which before Python 3.12
+    returns the result and drops the cancellation when both land in the same
+    loop turn. The liveness loop, cancelled by close() just as a ping reply
+    came in, then pinged on forever and close() (gateway shutdown) hung."""
+    fake.fake.answer_pings = False  # the test delivers this reply itself
+    before = set(client._calls)
+    call = asyncio.create_task(client.call("ping"))
+    new = await wait_until(lambda: set(client._calls) - before, what="the call in flight")
+    (call_id,) = new
+    client._calls[call_id].set_result(ControlReply(call_id))  # the reply arrives...
+    call.cancel()  # ...in the same loop turn as the cancellation
+    with pytest.raises(asyncio.CancelledError):
+        await call
+    assert call_id not in client._calls

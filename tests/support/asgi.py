@@ -15,7 +15,7 @@ from typing import Any
 
 from starlette.types import ASGIApp, Message
 
-WAIT = 10.0
+WAIT = 15.0
 
 
 class AsgiExchange:

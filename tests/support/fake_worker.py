@@ -23,7 +23,7 @@ from protocol import codec
 from protocol.messages import Abort, ChatRequest
 
 T = TypeVar("T")
-WAIT = 10.0  # seconds any single wait in these tests may take
+WAIT = 15.0  # seconds any single wait in these tests may take (generous: the machine may be busy)
 
 
 async def wait_until(predicate: Callable[[], T], timeout: float = WAIT, what: str = "condition") -> T:

@@ -25,6 +25,7 @@ from protocol.messages import (
     WorkerInfo,
 )
 from worker.engine import Engine
+from worker.grammar import GrammarCompiler
 from worker.kv.conversations import ConversationLimits
 from worker.kv.manager import KVConfig, PromptCacheManager
 from worker.models.loaded import LoadedModel
@@ -61,9 +62,17 @@ def make_kv(root: Path, loaded: LoadedModel, *, prefix: bool = False) -> PromptC
     return PromptCacheManager(config, model_id=loaded.model_id, tokenizer_hash="test")
 
 
+_grammars: dict[int, GrammarCompiler] = {}
+
+
 def make_scheduler(
     loaded: LoadedModel, *, kv: PromptCacheManager | None = None, context_length: int | None = None, **limits: Any
 ) -> Scheduler:
+    # One grammar compiler per tokenizer for the whole run: it holds nothing
+    # per request, and building one costs about a second of CPU.
+    grammars = _grammars.get(id(loaded.tokenizer))
+    if grammars is None:
+        grammars = _grammars[id(loaded.tokenizer)] = GrammarCompiler(loaded.tokenizer)
     return Scheduler(
         loaded.model,
         loaded.tokenizer,
@@ -71,6 +80,7 @@ def make_scheduler(
         context_length=context_length or loaded.context_length,
         limits=SchedulerLimits(**{"max_running": 4, "prefill_chunk": 64, **limits}),
         kv=kv,
+        grammars=grammars,
     )
 
 
