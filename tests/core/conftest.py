@@ -10,6 +10,7 @@ import asyncio
 import functools
 import inspect
 from collections.abc import Generator
+from typing import Any
 
 import anyio
 import pytest
@@ -52,7 +53,8 @@ def _task_stacks() -> str:
     last): the first thing to read when a test hangs."""
     lines = []
     for task in asyncio.all_tasks():
-        chain, coro = [], task.get_coro()
+        chain: list[str] = []
+        coro: Any = task.get_coro()
         while coro is not None and len(chain) < 12:
             frame = getattr(coro, "cr_frame", None) or getattr(coro, "ag_frame", None)
             if frame is not None:

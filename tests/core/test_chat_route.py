@@ -87,7 +87,7 @@ def assert_error(r: httpx.Response, status: int, code: str | None) -> dict[str, 
 # --------------------------------------------------------------------------- #
 
 
-async def test_a_whole_answer_with_usage_and_headers(fake: FakeWorkerServer):
+async def test_a_whole_answer_with_usage_and_headers(fake):
     fake.keep_stepping()
     async with gateway(fake) as gw:
         r = await gw.http.post(PATH, json=body(conversation="conv-1"))
@@ -105,7 +105,7 @@ async def test_a_whole_answer_with_usage_and_headers(fake: FakeWorkerServer):
     assert wire.deadline is not None  # --request-timeout reaches the worker
 
 
-async def test_the_clients_request_id_is_used_end_to_end(fake: FakeWorkerServer):
+async def test_the_clients_request_id_is_used_end_to_end(fake):
     fake.keep_stepping()
     async with gateway(fake) as gw:
         r = await gw.http.post(PATH, json=body(), headers={"X-Request-Id": "my-id-1"})
@@ -113,15 +113,15 @@ async def test_the_clients_request_id_is_used_end_to_end(fake: FakeWorkerServer)
     assert fake.of_type(ChatRequest)[0].request_id == "my-id-1"
 
 
-async def test_a_stream_relays_each_step_as_it_comes(fake: FakeWorkerServer):
+async def test_a_stream_relays_each_step_as_it_comes(fake):
     async with gateway(fake) as gw, gw.stream(body(max_tokens=3, stream_options={"include_usage": True})) as ex:
         assert await ex.head() == 200 and ex.headers["content-type"].startswith("text/event-stream")
         assert ex.headers["x-worker-id"] == "fake-0"
-        role = sse_data([await ex.event()])[0]
+        role = await ex.next_data()
         assert role["choices"][0]["delta"] == {"role": "assistant", "content": ""}
         for _ in range(2):
             await fake.step()  # one step, one chunk: the relay does not wait for more
-            delta = sse_data([await ex.event()])[0]
+            delta = await ex.next_data()
             assert delta["choices"][0]["delta"] == {"content": "tok "}
         await fake.step()
         rest = sse_data(await ex.events())
@@ -131,7 +131,7 @@ async def test_a_stream_relays_each_step_as_it_comes(fake: FakeWorkerServer):
     assert rest[3] == "[DONE]"
 
 
-async def test_keep_alive_comments_while_the_worker_is_silent(fake: FakeWorkerServer):
+async def test_keep_alive_comments_while_the_worker_is_silent(fake):
     async with gateway(fake, keep_alive_seconds=0.02) as gw, gw.stream(body(max_tokens=1)) as ex:
         await ex.event()  # role
         assert [await ex.event(), await ex.event()] == [": keep-alive", ": keep-alive"]
@@ -141,7 +141,7 @@ async def test_keep_alive_comments_while_the_worker_is_silent(fake: FakeWorkerSe
     assert data[0]["choices"][0]["delta"] == {"content": "tok "} and data[-1] == "[DONE]"
 
 
-async def test_a_worker_error_before_any_token_is_the_http_error(fake: FakeWorkerServer):
+async def test_a_worker_error_before_any_token_is_the_http_error(fake):
     fake.fake.refuse = lambda _req: ErrorInfo("too long", code="context_length_exceeded", param="messages", status=400)
     async with gateway(fake) as gw:
         r = await gw.http.post(PATH, json=body())
@@ -166,18 +166,18 @@ async def test_max_tokens_beyond_the_context_is_refused_by_the_gateway():
 # --------------------------------------------------------------------------- #
 
 
-async def test_a_worker_dying_mid_stream_ends_it_with_an_error_event(fake: FakeWorkerServer):
+async def test_a_worker_dying_mid_stream_ends_it_with_an_error_event(fake):
     async with gateway(fake) as gw, gw.stream(body(max_tokens=50)) as ex:
         await ex.event()
         await fake.step()
-        assert sse_data([await ex.event()])[0]["choices"][0]["delta"] == {"content": "tok "}
+        assert (await ex.next_data())["choices"][0]["delta"] == {"content": "tok "}
         await fake.close()
         data = sse_data(await ex.events())
     assert data[0]["error"]["code"] == "worker_unavailable" and data[0]["error"]["type"] == "server_error"
     assert data[-1] == "[DONE]"
 
 
-async def test_a_worker_going_away_mid_stream_ends_it_with_an_error_event(fake: FakeWorkerServer):
+async def test_a_worker_going_away_mid_stream_ends_it_with_an_error_event(fake):
     async with gateway(fake) as gw, gw.stream(body(max_tokens=50)) as ex:
         await ex.event()
         await fake.step()
@@ -187,7 +187,7 @@ async def test_a_worker_going_away_mid_stream_ends_it_with_an_error_event(fake: 
     assert data[0]["error"]["code"] == "worker_unavailable" and "went away" in data[0]["error"]["message"]
 
 
-async def test_a_worker_cut_mid_stream_says_so(fake: FakeWorkerServer):
+async def test_a_worker_cut_mid_stream_says_so(fake):
     """The worker ends a request with "abort" only when it shuts down past
     its drain timeout: the client gets an error, not a silent stop."""
     async with gateway(fake) as gw, gw.stream(body(max_tokens=50)) as ex:
@@ -201,7 +201,7 @@ async def test_a_worker_cut_mid_stream_says_so(fake: FakeWorkerServer):
 
 
 @pytest.mark.parametrize("failure", ["dies", "goes_away"])
-async def test_a_whole_answer_is_retried_on_another_worker_when_the_first_fails(failure: str):
+async def test_a_whole_answer_is_retried_on_another_worker_when_the_first_fails(failure):
     async with FakeWorkerServer("w0") as w0, FakeWorkerServer("w1") as w1, gateway(w0, w1) as gw:
         task = asyncio.create_task(gw.http.post(PATH, json=body(max_tokens=3)))
         first = await wait_until(lambda: next((f for f in (w0, w1) if f.of_type(ChatRequest)), None), what="a worker chosen")
@@ -233,7 +233,7 @@ async def test_a_full_worker_queue_sends_the_request_to_another_worker():
         assert r.status_code == 200 and r.headers["x-worker-id"] == "w1"
 
 
-async def test_the_gateways_queue_limit_answers_503_before_the_worker_sees_it(fake: FakeWorkerServer):
+async def test_the_gateways_queue_limit_answers_503_before_the_worker_sees_it(fake):
     fake.hold_admissions = True
     async with gateway(fake, max_queued_requests=1) as gw:
         waiting = asyncio.create_task(gw.http.post(PATH, json=body()))
@@ -250,7 +250,7 @@ async def test_the_gateways_queue_limit_answers_503_before_the_worker_sees_it(fa
         assert (await gw.http.post(PATH, json=body())).status_code == 200  # room again
 
 
-async def test_no_ready_worker_is_503_with_retry_after(fake: FakeWorkerServer):
+async def test_no_ready_worker_is_503_with_retry_after(fake):
     async with gateway(fake) as gw:
         await fake.close()
         await wait_until(lambda: not gw.app.state.pool.ready, what="the worker down")
@@ -261,7 +261,7 @@ async def test_no_ready_worker_is_503_with_retry_after(fake: FakeWorkerServer):
     assert health.status_code == 503 and health.json()["status"] == "unavailable"
 
 
-async def test_a_draining_gateway_refuses_new_requests(fake: FakeWorkerServer):
+async def test_a_draining_gateway_refuses_new_requests(fake):
     async with gateway(fake) as gw:
         gw.app.state.draining = True
         r = await gw.http.post(PATH, json=body())
@@ -272,7 +272,7 @@ async def test_a_draining_gateway_refuses_new_requests(fake: FakeWorkerServer):
     assert not fake.of_type(ChatRequest)
 
 
-async def test_a_request_the_worker_never_admits_times_out_and_is_aborted(fake: FakeWorkerServer, monkeypatch):
+async def test_a_request_the_worker_never_admits_times_out_and_is_aborted(fake, monkeypatch):
     monkeypatch.setattr(dispatch, "_DEADLINE_GRACE", 0.0)
     fake.hold_admissions = True
     async with gateway(fake, request_timeout=0.05) as gw:
@@ -282,7 +282,7 @@ async def test_a_request_the_worker_never_admits_times_out_and_is_aborted(fake: 
         await fake.wait_for(Abort, lambda m: wire.request_id in m.request_ids)
 
 
-async def test_a_stream_the_worker_stops_feeding_ends_at_the_deadline(fake: FakeWorkerServer, monkeypatch):
+async def test_a_stream_the_worker_stops_feeding_ends_at_the_deadline(fake, monkeypatch):
     monkeypatch.setattr(dispatch, "_DEADLINE_GRACE", 0.0)
     async with gateway(fake, request_timeout=0.2, keep_alive_seconds=0.02) as gw, gw.stream(body(max_tokens=50)) as ex:
         events = await ex.events()
@@ -297,7 +297,7 @@ async def test_a_stream_the_worker_stops_feeding_ends_at_the_deadline(fake: Fake
 # --------------------------------------------------------------------------- #
 
 
-async def test_a_client_leaving_a_stream_aborts_the_request_on_the_worker(fake: FakeWorkerServer):
+async def test_a_client_leaving_a_stream_aborts_the_request_on_the_worker(fake):
     async with gateway(fake) as gw:
         async with gw.stream(body(max_tokens=500)) as ex:
             await ex.event()
@@ -311,7 +311,7 @@ async def test_a_client_leaving_a_stream_aborts_the_request_on_the_worker(fake: 
         await wait_until(lambda: pool.workers[0].state.inflight == 0, what="the request released")
 
 
-async def test_a_client_leaving_before_a_whole_answer_aborts_the_request(fake: FakeWorkerServer):
+async def test_a_client_leaving_before_a_whole_answer_aborts_the_request(fake):
     async with gateway(fake) as gw:
         async with gw.exchange(body(max_tokens=500)) as ex:
             wire = await fake.wait_for(ChatRequest)
@@ -328,7 +328,7 @@ async def test_a_client_leaving_before_a_whole_answer_aborts_the_request(fake: F
 # --------------------------------------------------------------------------- #
 
 
-async def test_models_health_and_stats(fake: FakeWorkerServer):
+async def test_models_health_and_stats(fake):
     async with gateway(fake) as gw:
         models = (await gw.http.get("/v1/models")).json()
         health = (await gw.http.get("/health")).json()
@@ -340,7 +340,7 @@ async def test_models_health_and_stats(fake: FakeWorkerServer):
     assert stats["workers"][0]["worker_id"] == "fake-0" and stats["total"]["workers"] == 1
 
 
-async def test_conversation_cache_calls_reach_the_worker(fake: FakeWorkerServer):
+async def test_conversation_cache_calls_reach_the_worker(fake):
     seen: list[tuple[str, dict]] = []
 
     def handler(method: str):
@@ -365,7 +365,7 @@ async def test_conversation_cache_calls_reach_the_worker(fake: FakeWorkerServer)
     assert seen == [("conv_save", {"conversation_id": "c1", "title": "t"}), ("conv_stats", {}), ("conv_delete", {"conversation_id": "c1"})]
 
 
-async def test_a_hung_worker_turns_health_503_and_back(fake: FakeWorkerServer):
+async def test_a_hung_worker_turns_health_503_and_back(fake):
     async with gateway(fake, ping_timeout=0.5) as gw:
         assert (await gw.http.get("/health")).status_code == 200
         fake.fake.answer_pings = False

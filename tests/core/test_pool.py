@@ -14,6 +14,7 @@ from gateway.config import GatewayConfig, WorkerSpec
 from gateway.pool import NoWorkerAvailable, PoolFull, WorkerPool
 from gateway.routing import rendezvous_order
 from gateway.worker_client import QueueLimits
+from protocol.chat import ChatMessage
 from protocol.messages import ChatRequest, SamplingParams
 from tests.support.fake_worker import FakeWorkerServer, wait_until
 
@@ -21,7 +22,7 @@ pytestmark = [pytest.mark.anyio, pytest.mark.timeout(120)]
 
 
 def request(rid: str) -> ChatRequest:
-    return ChatRequest(rid, [{"role": "user", "content": "hi"}], SamplingParams(max_tokens=100))
+    return ChatRequest(rid, [ChatMessage(role="user", content="hi")], SamplingParams(max_tokens=100))
 
 
 class Fleet:
@@ -48,7 +49,7 @@ async def fleet() -> AsyncIterator[Fleet]:
         yield await start_fleet(stack, {"a0": "alpha", "a1": "alpha", "a2": "alpha", "b0": "beta"})
 
 
-async def test_models_and_their_resolution(fleet: Fleet):
+async def test_models_and_their_resolution(fleet):
     pool = fleet.pool
     assert sorted(pool.models()) == ["alpha", "beta"]
     assert pool.resolve_model("beta") == "beta"
@@ -57,7 +58,7 @@ async def test_models_and_their_resolution(fleet: Fleet):
     assert [w.worker_id for w in pool.serving("alpha")] == ["a0", "a1", "a2"]
 
 
-async def test_a_model_goes_to_its_own_workers(fleet: Fleet):
+async def test_a_model_goes_to_its_own_workers(fleet):
     for i in range(5):
         worker, model = fleet.pool.choose("beta", None)
         assert (worker.worker_id, model) == ("b0", "beta")
@@ -65,7 +66,7 @@ async def test_a_model_goes_to_its_own_workers(fleet: Fleet):
         assert model == "alpha" and worker.worker_id.startswith("a")
 
 
-async def test_a_conversation_sticks_to_its_rendezvous_worker(fleet: Fleet):
+async def test_a_conversation_sticks_to_its_rendezvous_worker(fleet):
     names = ["a0", "a1", "a2"]
     for i in range(12):
         conv = f"conv-{i}"
@@ -75,7 +76,7 @@ async def test_a_conversation_sticks_to_its_rendezvous_worker(fleet: Fleet):
         assert fleet.pool.owner("alpha", conv)[0].worker_id == expected
 
 
-async def test_without_a_conversation_the_least_loaded_worker_wins_and_ties_rotate(fleet: Fleet):
+async def test_without_a_conversation_the_least_loaded_worker_wins_and_ties_rotate(fleet):
     idle = Counter(fleet.pool.choose("alpha", None)[0].worker_id for _ in range(6))
     assert idle == {"a0": 2, "a1": 2, "a2": 2}  # ties rotate
     busy = fleet.client("a0")
@@ -85,7 +86,7 @@ async def test_without_a_conversation_the_least_loaded_worker_wins_and_ties_rota
     assert {fleet.pool.choose("alpha", None)[0].worker_id for _ in range(6)} == {"a2"}
 
 
-async def test_a_busy_conversation_worker_spills_to_the_next_ranked(fleet: Fleet):
+async def test_a_busy_conversation_worker_spills_to_the_next_ranked(fleet):
     names = ["a0", "a1", "a2"]
     conv = "sticky"
     order = [names[i] for i in rendezvous_order(conv, names)]
@@ -117,7 +118,7 @@ async def test_excluded_and_full_workers_are_skipped_until_none_is_left():
         assert fleet.pool.choose("alpha", None)[0] is a1
 
 
-async def test_workers_leave_and_rejoin_the_choice(fleet: Fleet):
+async def test_workers_leave_and_rejoin_the_choice(fleet):
     await fleet.fakes["b0"].close()
     await wait_until(lambda: not fleet.client("b0").ready, what="b0 down")
     with pytest.raises(NoWorkerAvailable, match="beta"):

@@ -9,10 +9,11 @@ loop is bounded by a number of steps.
 
 from __future__ import annotations
 
-from pathlib import Path
+from typing import Any
 
 import pytest
 
+from protocol.chat import ChatMessage, ImagePart, MediaURL, TextPart
 from protocol.messages import ErrorInfo, RequestOutput
 from tests.support.worker_harness import (
     GATEWAY,
@@ -28,7 +29,7 @@ from worker.models.loaded import LoadedModel
 from worker.prompt import render_prompt
 from worker.scheduler import Scheduler
 
-SEEDED = {"temperature": 1.0, "seed": 7, "max_tokens": 14, "ignore_eos": True}
+SEEDED: dict[str, Any] = {"temperature": 1.0, "seed": 7, "max_tokens": 14, "ignore_eos": True}
 LONG = "Once upon a time " * 25  # a prompt that takes several prefill chunks of 32
 
 
@@ -44,7 +45,7 @@ def neighbour(tiny_loaded: LoadedModel) -> str:
 
 
 def prompt_len(loaded: LoadedModel, req_text: str) -> int:
-    return len(render_prompt(loaded.tokenizer, [{"role": "user", "content": req_text}], model_id=loaded.model_id).token_ids)
+    return len(render_prompt(loaded.tokenizer, [ChatMessage(role="user", content=req_text)], model_id=loaded.model_id).token_ids)
 
 
 def step_until(scheduler: Scheduler, done, max_steps: int = 500) -> list:
@@ -68,11 +69,11 @@ def test_admission_announces_the_prompt_and_cache_decision_before_any_token(tiny
     n = prompt_len(tiny_loaded, "Hello there")
     assert first.finish_reason is None and first.content == "" and first.tokens == 0
     assert first.prompt_tokens == n
-    assert (first.started.mode, first.started.cached_tokens, first.started.processing_tokens) == ("disabled", 0, n)
+    assert (first.cache_decision.mode, first.cache_decision.cached_tokens, first.cache_decision.processing_tokens) == ("disabled", 0, n)
     assert (s.waiting, s.running, s.kv_tokens()) == (1, 0, n)
     assert s.sequences_of(GATEWAY) == ["r1"] and s.sequences_of(b"other") == []
     res = run_to_end(s, [first])["r1"]
-    assert sum(o.started is not None for o in res.outputs) == 1  # announced once
+    assert sum(o.cache_decision is not None for o in res.outputs) == 1  # announced once
     assert_idle(s)
 
 
@@ -154,7 +155,7 @@ def test_stop_strings_in_one_step_and_beside_running_requests(tiny_loaded, story
     assert_idle(s)
 
 
-def test_a_stop_string_finish_commits_the_conversation(tiny_loaded, story, tmp_path: Path):
+def test_a_stop_string_finish_commits_the_conversation(tiny_loaded, story, tmp_path):
     """A stop string ends a request while it is still in mlx-lm's batch: its
     state comes back only with the removal, and must still be committed."""
     stop, before = _stop_inside(story)
@@ -169,7 +170,7 @@ def test_a_stop_string_finish_commits_the_conversation(tiny_loaded, story, tmp_p
     assert_idle(s)
     turn2 = s.admit(GATEWAY, chat("t2", "And then?", history=[
         {"role": "user", "content": "Tell me a story"}, {"role": "assistant", "content": before}], conversation_id="conv"))
-    assert turn2.started.mode == "hit" and turn2.started.cached_tokens >= prompt
+    assert turn2.cache_decision.mode == "hit" and turn2.cache_decision.cached_tokens >= prompt
     run_to_end(s, [turn2])
     assert_idle(s)
 
@@ -182,11 +183,12 @@ def test_a_stop_string_finish_commits_the_conversation(tiny_loaded, story, tmp_p
 def _advance_to(s: Scheduler, stage: str, rid: str) -> list[RequestOutput]:
     """Step until ``rid`` is at ``stage``; returns the outputs of those steps."""
     if stage == "waiting":
+        assert rid in s.sequences_of(GATEWAY) and s.waiting == 2
         return []
-    if stage == "prefilling":
-        outs = s.step()  # one chunk of a long prompt: no token yet
-        assert not [o for o in outs if o.request_id == rid]
-        assert s._by_id[rid].prefill_started is not None and s._by_id[rid].first_token_at is None
+    if stage == "prefilling":  # a chunk of a long prompt done: no token yet
+        outs = step_until(s, lambda _seen: rid in s._by_id and s._by_id[rid].prefill_started is not None)
+        assert not [o for o in outs if o.request_id == rid and o.tokens]
+        assert s._by_id[rid].first_token_at is None
         return outs
     outs = step_until(s, lambda seen: any(o.request_id == rid and o.tokens for o in seen))
     assert s._by_id[rid].first_token_at is not None
@@ -194,7 +196,7 @@ def _advance_to(s: Scheduler, stage: str, rid: str) -> list[RequestOutput]:
 
 
 @pytest.mark.parametrize("stage", ["waiting", "prefilling", "decoding"])
-def test_abort_at_every_stage_is_final_idempotent_and_commits_nothing(tiny_loaded, neighbour, tmp_path: Path, stage: str):
+def test_abort_at_every_stage_is_final_idempotent_and_commits_nothing(tiny_loaded, neighbour, tmp_path, stage):
     kv = make_kv(tmp_path, tiny_loaded)
     s = make_scheduler(tiny_loaded, kv=kv, prefill_chunk=32)
     first_n = s.admit(GATEWAY, chat("n", "Neighbour", **SEEDED))
@@ -212,7 +214,7 @@ def test_abort_at_every_stage_is_final_idempotent_and_commits_nothing(tiny_loade
     assert (s.counters.aborted, s.counters.finished) == (1, 2)
     assert_idle(s)
     again = s.admit(GATEWAY, chat("x2", "Hi", conversation_id="conv"))
-    assert again.started.mode == "fresh"  # not "disabled": the aborted turn released the conversation
+    assert again.cache_decision.mode == "fresh"  # not "disabled": the aborted turn released the conversation
     run_to_end(s, [again])
     assert kv.store.get("conv") is not None  # a normal finish commits
     assert_idle(s)
@@ -224,7 +226,7 @@ def test_abort_of_an_unknown_request_is_ignored(tiny_loaded):
     assert s.counters.aborted == 0
 
 
-def test_abort_with_an_error_fails_the_request_and_commits_nothing(tiny_loaded, tmp_path: Path):
+def test_abort_with_an_error_fails_the_request_and_commits_nothing(tiny_loaded, tmp_path):
     kv = make_kv(tmp_path, tiny_loaded)
     s = make_scheduler(tiny_loaded, kv=kv)
     s.admit(GATEWAY, chat("x", conversation_id="conv"))
@@ -237,7 +239,7 @@ def test_abort_with_an_error_fails_the_request_and_commits_nothing(tiny_loaded, 
     assert_idle(s)
 
 
-def test_an_aborted_turn_leaves_the_previous_turn_cached(tiny_loaded, tmp_path: Path):
+def test_an_aborted_turn_leaves_the_previous_turn_cached(tiny_loaded, tmp_path):
     kv = make_kv(tmp_path, tiny_loaded)
     s = make_scheduler(tiny_loaded, kv=kv)
     t1 = generate(s, chat("t1", "First", conversation_id="conv", **SEEDED))
@@ -261,7 +263,7 @@ def test_a_prompt_longer_than_the_context_is_refused(tiny_loaded):
     out = s.admit(GATEWAY, chat("r"))
     assert out.finish_reason == "error"
     assert (out.error.status, out.error.code, out.error.param) == (400, "context_length_exceeded", "messages")
-    assert f"{n} tokens" in out.error.message and out.started.mode == "none"
+    assert f"{n} tokens" in out.error.message and out.cache_decision.mode == "none"
     assert (s.counters.rejected, s.counters.admitted) == (1, 0)
     assert_idle(s)
 
@@ -300,7 +302,7 @@ def test_completion_budget_without_any_limit_is_the_room_left(tiny_loaded):
 
 
 def test_a_full_queue_refuses_with_503_until_a_request_starts(tiny_loaded):
-    s = make_scheduler(tiny_loaded, max_waiting=1)
+    s = make_scheduler(tiny_loaded, max_queued=1)
     a = s.admit(GATEWAY, chat("a", max_tokens=4, ignore_eos=True))
     b = s.admit(GATEWAY, chat("b"))
     assert b.finish_reason == "error"
@@ -318,7 +320,7 @@ def test_a_full_queue_refuses_with_503_until_a_request_starts(tiny_loaded):
 def test_an_image_for_a_text_model_is_refused_with_the_part_named(tiny_loaded):
     s = make_scheduler(tiny_loaded)
     req = chat("r")
-    req.messages[-1]["content"] = [{"type": "text", "text": "what is this"}, {"type": "image_url", "image_url": {"url": "data:,"}}]
+    req.messages[-1].content = [TextPart("what is this"), ImagePart(MediaURL("data:,"))]
     out = s.admit(GATEWAY, req)
     assert (out.finish_reason, out.error.status, out.error.code, out.error.param) == (
         "error", 400, "unsupported_content", "messages[0].content")
@@ -342,14 +344,14 @@ def test_expired_lists_only_requests_past_their_deadline(tiny_loaded):
 # --------------------------------------------------------------------------- #
 
 
-def test_a_cached_turn_generates_exactly_what_an_uncached_one_does(tiny_loaded, tmp_path: Path):
+def test_a_cached_turn_generates_exactly_what_an_uncached_one_does(tiny_loaded, tmp_path):
     kv = make_kv(tmp_path, tiny_loaded)
     s = make_scheduler(tiny_loaded, kv=kv, prefill_chunk=16)
     t1 = generate(s, chat("t1", "First question", conversation_id="conv", **SEEDED))
-    assert t1.outputs[0].started.mode == "fresh"
+    assert t1.outputs[0].cache_decision.mode == "fresh"
     history = [{"role": "user", "content": "First question"}, {"role": "assistant", "content": t1.text}]
     t2 = generate(s, chat("t2", "Second question", history=history, conversation_id="conv", **SEEDED))
-    info = t2.outputs[0].started
+    info = t2.outputs[0].cache_decision
     # Random text may re-tokenize differently once rendered as history: the
     # first prompt is reused at least (the real model reuses the reply too).
     assert info.mode == "hit" and info.cached_tokens >= prompt_len(tiny_loaded, "First question")
@@ -361,23 +363,28 @@ def test_a_cached_turn_generates_exactly_what_an_uncached_one_does(tiny_loaded, 
     assert_idle(s)
 
 
-def test_a_second_request_on_a_busy_conversation_runs_uncached_and_commits_nothing(tiny_loaded, tmp_path: Path):
+def test_a_second_request_on_a_running_conversation_waits_for_the_shared_prefix(tiny_loaded, tmp_path):
     kv = make_kv(tmp_path, tiny_loaded)
     s = make_scheduler(tiny_loaded, kv=kv)
     a = s.admit(GATEWAY, chat("a", "One", conversation_id="conv", max_tokens=6, ignore_eos=True))
     b = s.admit(GATEWAY, chat("b", "Two", conversation_id="conv", max_tokens=2, ignore_eos=True))
-    assert (a.started.mode, b.started.mode) == ("fresh", "disabled")
-    run_to_end(s, [a, b])
+    assert a is not None and a.cache_decision is not None and a.cache_decision.mode == "fresh"
+    # "b" shares the template's opening with "a": parked (no output yet), yet counted and owned.
+    assert b is None and s.waiting == 2 and s.sequences_of(GATEWAY) == ["a", "b"]
+    res = run_to_end(s, [a])
+    b_first = res["b"].outputs[0].cache_decision
+    assert b_first is not None and b_first.cached_tokens > 0  # prefilled only what "a" had not computed
+    assert b_first.cached_tokens + b_first.processing_tokens == prompt_len(tiny_loaded, "Two")
+    assert (res["a"].final.finish_reason, res["b"].final.finish_reason) == ("length", "length")
     conv = kv.store.get("conv")
-    one = prompt_len(tiny_loaded, "One")
-    assert conv is not None and len(conv.tokens) == one + 6  # "a" committed, "b" did not
+    assert conv is not None and len(conv.tokens) == prompt_len(tiny_loaded, "One") + 6  # the last to finish ("a") owns it
     assert_idle(s)
 
 
-def test_counters_and_state_return_to_zero_after_a_mixed_load(tiny_loaded, story, tmp_path: Path):
+def test_counters_and_state_return_to_zero_after_a_mixed_load(tiny_loaded, story, tmp_path):
     stop, _ = _stop_inside(story)
     kv = make_kv(tmp_path, tiny_loaded)
-    s = make_scheduler(tiny_loaded, kv=kv, max_running=2, max_waiting=3, prefill_chunk=32)
+    s = make_scheduler(tiny_loaded, kv=kv, max_running=2, max_queued=3, prefill_chunk=32)
     firsts = [
         s.admit(GATEWAY, chat("len", **SEEDED, conversation_id="c1")),
         s.admit(b"gw-b", chat("stop", **SEEDED, stop=[stop], conversation_id="c2")),
@@ -387,7 +394,7 @@ def test_counters_and_state_return_to_zero_after_a_mixed_load(tiny_loaded, story
     assert refused.finish_reason == "error"
     s.step()
     s.abort("abort")
-    res: dict[str, Finished] = run_to_end(s, [f for f in firsts if f.request_id != "abort"])
+    res: dict[str, Finished] = run_to_end(s, [f for f in firsts if f is not None and f.request_id != "abort"])
     assert {r: res[r].final.finish_reason for r in ("len", "stop")} == {"len": "length", "stop": "stop"}
     c = s.counters
     assert (c.admitted, c.rejected, c.finished, c.aborted, c.errors) == (3, 1, 3, 1, 0)

@@ -4,8 +4,6 @@ and a conversation whose second turn reuses the first turn's reply."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
 from tests.support.worker_harness import (
@@ -44,7 +42,7 @@ def test_a_stop_string_in_real_words(default_loaded, answer):
     assert_idle(s)
 
 
-def test_the_second_turn_reuses_the_first_reply_and_answers_as_uncached(default_loaded, answer, tmp_path: Path):
+def test_the_second_turn_reuses_the_first_reply_and_answers_as_uncached(default_loaded, answer, tmp_path):
     kv = make_kv(tmp_path, default_loaded)
     s = make_scheduler(default_loaded, kv=kv, prefill_chunk=16)
     t1 = generate(s, chat("t1", QUESTION, conversation_id="conv", max_tokens=40))
@@ -52,7 +50,7 @@ def test_the_second_turn_reuses_the_first_reply_and_answers_as_uncached(default_
     turn1_tokens = t1.final.usage.prompt_tokens + t1.final.usage.completion_tokens
     history = [{"role": "user", "content": QUESTION}, {"role": "assistant", "content": t1.text}]
     t2 = generate(s, chat("t2", "And of Italy?", history=history, conversation_id="conv", max_tokens=5))
-    info = t2.outputs[0].started
+    info = t2.outputs[0].cache_decision
     # The reply re-renders to the tokens the model generated: everything but
     # the end-of-turn token is reused.
     assert info.mode == "hit" and info.cached_tokens >= turn1_tokens - 1

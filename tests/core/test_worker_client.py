@@ -11,6 +11,7 @@ import pytest
 
 from gateway.output_stream import OutputStream
 from gateway.worker_client import QueueLimits, WorkerClient, WorkerUnavailable
+from protocol.chat import ChatMessage
 from protocol.messages import (
     PROTOCOL_VERSION,
     Abort,
@@ -30,7 +31,7 @@ pytestmark = [pytest.mark.anyio, pytest.mark.timeout(120)]
 
 
 def request(rid: str, text: str = "hello", max_tokens: int = 3) -> ChatRequest:
-    return ChatRequest(rid, [{"role": "user", "content": text}], SamplingParams(max_tokens=max_tokens))
+    return ChatRequest(rid, [ChatMessage(role="user", content=text)], SamplingParams(max_tokens=max_tokens))
 
 
 async def connect(address: str, **kwargs) -> WorkerClient:
@@ -69,7 +70,7 @@ async def client(fake: FakeWorkerServer) -> AsyncIterator[WorkerClient]:
 # --------------------------------------------------------------------------- #
 
 
-async def test_handshake_then_a_ping_makes_the_worker_ready(fake: FakeWorkerServer, client: WorkerClient):
+async def test_handshake_then_a_ping_makes_the_worker_ready(fake, client):
     hello = fake.of_type(Hello)[0]
     assert (hello.protocol_version, hello.gateway_id) == (PROTOCOL_VERSION, "gw-test")
     assert fake.of_type(ControlCall)[0].method == "ping"  # ready only once the compute loop answers
@@ -77,7 +78,7 @@ async def test_handshake_then_a_ping_makes_the_worker_ready(fake: FakeWorkerServ
     assert client.state.reason == "ready"
 
 
-async def test_a_worker_of_another_protocol_version_is_refused(fake: FakeWorkerServer):
+async def test_a_worker_of_another_protocol_version_is_refused(fake):
     async with FakeWorkerServer("future", protocol_version=PROTOCOL_VERSION + 1) as other:
         c = await connect(other.address)
         try:
@@ -91,7 +92,7 @@ async def test_a_worker_of_another_protocol_version_is_refused(fake: FakeWorkerS
             await c.close()
 
 
-async def test_a_worker_whose_compute_loop_never_answers_is_not_ready(fake: FakeWorkerServer):
+async def test_a_worker_whose_compute_loop_never_answers_is_not_ready(fake):
     fake.fake.answer_pings = False  # the IO thread answers the handshake, the loop is hung
     c = await connect(fake.address, ping_timeout=0.5)
     try:
@@ -110,13 +111,13 @@ async def test_a_worker_whose_compute_loop_never_answers_is_not_ready(fake: Fake
 # --------------------------------------------------------------------------- #
 
 
-async def test_outputs_reach_the_request_stream_in_order(fake: FakeWorkerServer, client: WorkerClient):
+async def test_outputs_reach_the_request_stream_in_order(fake, client):
     stream = await client.submit(request("r1", max_tokens=3))
     assert client.state.inflight == 1
     await fake.wait_for(ChatRequest)
     await fake.step(3)
     outs = await drain(stream)
-    assert outs[0].started is not None and outs[0].prompt_tokens == len("hello")
+    assert outs[0].cache_decision is not None and outs[0].prompt_tokens == len("hello")
     assert [o.content for o in outs[1:]] == ["tok "] * 3
     assert outs[-1].finish_reason == "length" and outs[-1].usage.completion_tokens == 3
     client.release("r1")
@@ -125,7 +126,7 @@ async def test_outputs_reach_the_request_stream_in_order(fake: FakeWorkerServer,
     assert client.state.inflight == 0
 
 
-async def test_many_requests_share_the_connection(fake: FakeWorkerServer, client: WorkerClient):
+async def test_many_requests_share_the_connection(fake, client):
     streams = {f"r{i}": await client.submit(request(f"r{i}", max_tokens=2 + i)) for i in range(5)}
     await wait_until(lambda: len(fake.fake.seqs) == 5, what="five admissions")
     await fake.run_to_end()
@@ -137,7 +138,7 @@ async def test_many_requests_share_the_connection(fake: FakeWorkerServer, client
     assert client.state.inflight == 0
 
 
-async def test_the_queue_view_follows_admission_then_the_first_token(fake: FakeWorkerServer, client: WorkerClient):
+async def test_the_queue_view_follows_admission_then_the_first_token(fake, client):
     """A request counts as queued from its send until its first token, first
     with no size, then with the prompt tokens the worker still has to prefill."""
     fake.hold_admissions = True
@@ -146,7 +147,7 @@ async def test_the_queue_view_follows_admission_then_the_first_token(fake: FakeW
     assert client.queued() == (1, 0)
     await fake.admit_held()
     first = await stream.get(timeout=WAIT)
-    assert first.started.processing_tokens == 40
+    assert first.cache_decision.processing_tokens == 40
     assert client.queued() == (1, 40)
     await fake.step()
     assert (await stream.get(timeout=WAIT)).tokens == 1
@@ -157,7 +158,7 @@ async def test_the_queue_view_follows_admission_then_the_first_token(fake: FakeW
     assert client.queued() == (0, 0) and client.state.inflight == 0
 
 
-async def test_a_refused_request_leaves_nothing_queued(fake: FakeWorkerServer, client: WorkerClient):
+async def test_a_refused_request_leaves_nothing_queued(fake, client):
     fake.fake.refuse = lambda _req: ErrorInfo("worker queue is full", type="overloaded_error", code="queue_full", status=503)
     stream = await client.submit(request("r"))
     outs = await drain(stream)
@@ -167,7 +168,7 @@ async def test_a_refused_request_leaves_nothing_queued(fake: FakeWorkerServer, c
     assert client.state.inflight == 0
 
 
-async def test_queue_limits_from_the_worker_and_from_the_gateway(fake: FakeWorkerServer):
+async def test_queue_limits_from_the_worker_and_from_the_gateway(fake):
     async with FakeWorkerServer("small", max_queued=2) as small:
         small.hold_admissions = True
         c = await connect(small.address, limits=QueueLimits(max_requests=0, max_tokens=50))
@@ -193,7 +194,7 @@ async def test_queue_limits_from_the_worker_and_from_the_gateway(fake: FakeWorke
             await c.close()
 
 
-async def test_the_workers_own_report_counts_other_gateways_requests(fake: FakeWorkerServer, client: WorkerClient):
+async def test_the_workers_own_report_counts_other_gateways_requests(fake, client):
     client.state.load = WorkerLoad(running=3, waiting=4)
     assert client.queued() == (4, 0)
     assert client.load() == 7
@@ -201,7 +202,7 @@ async def test_the_workers_own_report_counts_other_gateways_requests(fake: FakeW
     assert client.load() == 9
 
 
-async def test_pings_refresh_the_reported_load(fake: FakeWorkerServer, client: WorkerClient):
+async def test_pings_refresh_the_reported_load(fake, client):
     other = await connect(fake.address)
     try:
         await wait_until(lambda: other.ready)
@@ -214,7 +215,7 @@ async def test_pings_refresh_the_reported_load(fake: FakeWorkerServer, client: W
         await other.close()
 
 
-async def test_abort_nowait_releases_and_tells_the_worker(fake: FakeWorkerServer, client: WorkerClient):
+async def test_abort_nowait_releases_and_tells_the_worker(fake, client):
     await client.submit(request("r", max_tokens=100))
     await wait_until(lambda: "r" in fake.fake.seqs)
     client.abort_nowait("r")
@@ -229,7 +230,7 @@ async def test_abort_nowait_releases_and_tells_the_worker(fake: FakeWorkerServer
 # --------------------------------------------------------------------------- #
 
 
-async def test_control_calls_get_their_own_replies(fake: FakeWorkerServer, client: WorkerClient):
+async def test_control_calls_get_their_own_replies(fake, client):
     fake.fake.controls["conv_stats"] = lambda args: {"items": [], "echo": args}
     stats = await client.call("stats")
     conv = await client.call("conv_stats", {"x": 1})
@@ -239,7 +240,7 @@ async def test_control_calls_get_their_own_replies(fake: FakeWorkerServer, clien
     assert not unknown.ok and unknown.error.status == 404
 
 
-async def test_an_unanswered_call_times_out_as_unavailable(fake: FakeWorkerServer, client: WorkerClient):
+async def test_an_unanswered_call_times_out_as_unavailable(fake, client):
     fake.fake.answer_pings = False
     with pytest.raises(WorkerUnavailable, match="did not answer ping"):
         await client.call("ping", timeout=0.05)
@@ -253,7 +254,7 @@ async def test_an_unanswered_call_times_out_as_unavailable(fake: FakeWorkerServe
 # --------------------------------------------------------------------------- #
 
 
-async def test_a_dead_worker_ends_every_stream_and_is_readmitted_when_back(fake: FakeWorkerServer, client: WorkerClient):
+async def test_a_dead_worker_ends_every_stream_and_is_readmitted_when_back(fake, client):
     streams = [await client.submit(request(f"r{i}", max_tokens=50)) for i in range(2)]
     await wait_until(lambda: len(fake.fake.seqs) == 2)
     await fake.step()
@@ -274,7 +275,7 @@ async def test_a_dead_worker_ends_every_stream_and_is_readmitted_when_back(fake:
         assert (await drain(stream))[-1].finish_reason == "length"
 
 
-async def test_going_away_ends_streams_at_once(fake: FakeWorkerServer, client: WorkerClient):
+async def test_going_away_ends_streams_at_once(fake, client):
     stream = await client.submit(request("r", max_tokens=50))
     await wait_until(lambda: "r" in fake.fake.seqs)
     await fake.broadcast(GoingAway(worker_id="fake-0", reason="shutdown"))
@@ -285,7 +286,7 @@ async def test_going_away_ends_streams_at_once(fake: FakeWorkerServer, client: W
     await wait_until(lambda: client.ready, what="readmission")
 
 
-async def test_silence_past_the_ping_timeout_marks_the_worker_down_and_back(fake: FakeWorkerServer):
+async def test_silence_past_the_ping_timeout_marks_the_worker_down_and_back(fake):
     c = await connect(fake.address, ping_timeout=0.5)
     try:
         await wait_until(lambda: c.ready)
@@ -301,7 +302,7 @@ async def test_silence_past_the_ping_timeout_marks_the_worker_down_and_back(fake
         await c.close()
 
 
-async def test_close_ends_open_streams(fake: FakeWorkerServer):
+async def test_close_ends_open_streams(fake):
     c = await connect(fake.address)
     await wait_until(lambda: c.ready)
     stream = await c.submit(request("r", max_tokens=50))
@@ -311,7 +312,7 @@ async def test_close_ends_open_streams(fake: FakeWorkerServer):
     assert not c.ready
 
 
-async def test_close_closes_every_socket_and_may_be_repeated(fake: FakeWorkerServer):
+async def test_close_closes_every_socket_and_may_be_repeated(fake):
     """Regression: close() left the socket monitor's PAIR socket open (a
     leak per worker connection, and a context that blocks at exit)."""
     c = await connect(fake.address)
@@ -324,7 +325,7 @@ async def test_close_closes_every_socket_and_may_be_repeated(fake: FakeWorkerSer
         await c.call("stats")  # not an AssertionError from a closed socket
 
 
-async def test_a_cancelled_call_stays_cancelled_when_the_reply_comes_with_the_cancel(fake: FakeWorkerServer, client: WorkerClient):
+async def test_a_cancelled_call_stays_cancelled_when_the_reply_comes_with_the_cancel(fake, client):
     """Regression: call() used asyncio.wait_for, which before Python 3.12
     returns the result and drops the cancellation when both land in the same
     loop turn. The liveness loop, cancelled by close() just as a ping reply

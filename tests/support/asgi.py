@@ -40,7 +40,10 @@ class AsgiExchange:
         self._buffer = b""
 
     async def __aenter__(self) -> AsgiExchange:
-        self._task = asyncio.create_task(self.app(self.scope, self._receive, self._send))
+        async def serve() -> None:
+            await self.app(self.scope, self._receive, self._send)
+
+        self._task = asyncio.create_task(serve())
         return self
 
     async def __aexit__(self, exc_type: object, *_exc: object) -> None:
@@ -98,6 +101,12 @@ class AsgiExchange:
             self._buffer += part
         text, self._buffer = self._buffer.split(b"\n\n", 1)
         return text.decode()
+
+    async def next_data(self, timeout: float = WAIT) -> Any:
+        """The JSON payload of the next event, which must be a ``data:`` event."""
+        event = await self.event(timeout)
+        assert event is not None and event.startswith("data: "), f"expected a data event, got {event!r}"
+        return sse_data([event])[0]
 
     async def events(self, timeout: float = WAIT) -> list[str]:
         out = []

@@ -159,5 +159,5 @@ class FakeWorkerServer:
             try:
                 await self._sock.send_multipart([client, codec.encode(msg)], zmq.NOBLOCK)
             except zmq.ZMQError:  # that gateway is gone
-                self.fake.drop_client(client)
+                self.fake.drop_gateway(client)
                 self.clients.discard(client)
