@@ -174,7 +174,7 @@ def test_plutil_accepts_every_plist(tmp_path: Path) -> None:
             continue
         for f in sr.render(make_cfg(**VARIANTS[variant]), "launchd"):
             (tmp_path / f.name).write_text(f.content)
-            subprocess.run(["plutil", "-lint", str(tmp_path / f.name)], check=True)
+            subprocess.run(["plutil", "-lint", str(tmp_path / f.name)], check=True, timeout=60)
 
 
 # ----------------------------------------------------------------------------- systemd

@@ -59,8 +59,11 @@ def _batched(model, processor, inputs, *, rerotate: bool, chunk: int):
     assert job.delta < 0  # the image really moves the positions
     if not rerotate:
         job.delta = 0
-    while not pre.step(job, chunk):
-        pass
+    for _ in range(10_000):  # a bound: one chunk of the prompt per step
+        if pre.step(job, chunk):
+            break
+    else:
+        raise AssertionError("the vision prefill never finished")
     cache, last = pre.finish(job)
     gen = Batch(view, eos_token_ids=[], max_running=4, prefill_chunk=2048)
     text = processor.tokenizer.apply_chat_template([{"role": "user", "content": "Hello there"}], tokenize=False,
@@ -117,8 +120,11 @@ def test_sliced_vision_tower_equals_mlx_vlm(vlm):
     encoder = SlicedEncoder(model.vision_tower, rows=37)
     state = encoder.start(inputs["pixel_values"], inputs["image_grid_thw"])
     slices, got = 0, None
-    while got is None:
+    for _ in range(10_000):  # a bound: one slice of rows per step
         got = encoder.step(state)
         slices += 1
+        if got is not None:
+            break
+    assert got is not None, "the sliced encoder never finished"
     assert slices > 2 * len(model.vision_tower.blocks)  # really sliced
     assert float(mx.max(mx.abs(got - want))) < 1e-4
