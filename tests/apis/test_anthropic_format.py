@@ -1,19 +1,22 @@
 """The Messages stream and body built from worker outputs, checked by the
-Anthropic SDK's own stream accumulator (no processes)."""
+Anthropic SDK's own stream accumulator and validated against its types,
+required fields included (no processes)."""
 
 from __future__ import annotations
 
 import json
 
-from anthropic._models import construct_type
 from anthropic.lib.streaming._messages import accumulate_event
-from anthropic.types import RawMessageStreamEvent
+from anthropic.types import Message, RawMessageStreamEvent
+from pydantic import TypeAdapter
 
 from gateway.anthropic_format import MessagesReply
 from gateway.dispatch import Admitted
 from gateway.errors import APIError
 from protocol.messages import CacheDecision, RequestOutput, ToolCallDelta, Usage
 
+# Validation, not the SDK's lenient construction: a missing or mistyped field fails.
+EVENT = TypeAdapter(RawMessageStreamEvent)
 FIRST = RequestOutput("r", cache_decision=CacheDecision("hit", 20, 5), prompt_tokens=25)
 
 
@@ -64,7 +67,7 @@ def test_thinking_then_text_is_two_blocks_in_anthropics_order():
     snapshot = None
     for e in events:
         if e["type"] != "ping":
-            snapshot = accumulate_event(event=construct_type(type_=RawMessageStreamEvent, value=e), current_snapshot=snapshot, json_bufs={})
+            snapshot = accumulate_event(event=EVENT.validate_python(e), current_snapshot=snapshot, json_bufs={})
     assert snapshot.content[0].thinking == "Let me think." and snapshot.content[1].text == "It is 42."
     assert snapshot.stop_reason == "stop_sequence" and snapshot.stop_sequence == "\n\n"
     assert snapshot.usage.output_tokens == 6 and snapshot.usage.cache_read_input_tokens == 20 and snapshot.usage.input_tokens == 5
@@ -79,6 +82,7 @@ def test_a_batch_merges_runs_but_keeps_their_order():
 def test_the_body_matches_the_stream():
     reply = MessagesReply(Admitted("msg_1", "model-x", "conv", FIRST, 0))
     body = reply.body(outs())
+    Message.model_validate(body)
     assert body["content"] == [{"type": "thinking", "thinking": "Let me think.", "signature": ""}, {"type": "text", "text": "It is 42."}]
     assert body["stop_reason"] == "stop_sequence" and body["usage"]["input_tokens"] == 5
 
@@ -86,6 +90,8 @@ def test_the_body_matches_the_stream():
 def test_an_empty_answer_is_one_empty_text_block_both_ways():
     final = RequestOutput("r", finish_reason="stop", usage=Usage(prompt_tokens=3))
     events = stream_of([[FIRST, final]])
+    for e in events[2:]:
+        EVENT.validate_python(e)
     assert [e["type"] for e in events][2:5] == ["content_block_start", "content_block_stop", "message_delta"]
     body = MessagesReply(Admitted("m", "x", "c", FIRST, 0)).body([FIRST, final])
     assert body["content"] == [{"type": "text", "text": ""}] and body["stop_reason"] == "end_turn"
@@ -121,7 +127,7 @@ def test_tool_calls_stream_as_tool_use_blocks_with_input_json_deltas():
     bufs: dict = {}
     for e in events:
         if e["type"] != "ping":
-            snapshot = accumulate_event(event=construct_type(type_=RawMessageStreamEvent, value=e), current_snapshot=snapshot, json_bufs=bufs)
+            snapshot = accumulate_event(event=EVENT.validate_python(e), current_snapshot=snapshot, json_bufs=bufs)
     assert [b.type for b in snapshot.content] == ["text", "tool_use", "tool_use"]
     assert snapshot.content[1].input == {"city": "Paris"} and snapshot.content[2].input == {}
     assert snapshot.stop_reason == "tool_use"
@@ -129,6 +135,7 @@ def test_tool_calls_stream_as_tool_use_blocks_with_input_json_deltas():
 
 def test_tool_calls_in_the_body_have_object_inputs():
     body = MessagesReply(Admitted("m", "x", "c", FIRST, 0)).body(tool_outs())
+    Message.model_validate(body)
     assert body["content"] == [
         {"type": "text", "text": "Checking."},
         {"type": "tool_use", "id": "call_a", "name": "weather", "input": {"city": "Paris"}},

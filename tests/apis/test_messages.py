@@ -10,11 +10,14 @@ import time
 import anthropic
 import httpx
 import pytest
+from anthropic.types import RawMessageStreamEvent
+from pydantic import TypeAdapter
 
 from tests.support.e2e import starts_processes
 from tests.support.processes import start_stack
 
 GREEDY = {"temperature": 0.0}  # this SDK no longer has a temperature argument
+STREAM_EVENT = TypeAdapter(RawMessageStreamEvent)  # validates: a missing or mistyped field fails
 
 
 @pytest.fixture(scope="module")
@@ -49,14 +52,20 @@ def test_stream_is_anthropics_event_sequence_and_matches_create(client, tiny_sta
         final = stream.get_final_message()
     assert text == full.content[0].text == final.content[0].text
     assert final.stop_reason == "max_tokens" and final.usage.output_tokens == 10
-    # The raw events, pings included, in Anthropic's order.
+    # The raw events, pings included, in Anthropic's order, each valid as the SDK's type.
     with httpx.stream("POST", f"{tiny_stack.root_url}/v1/messages", json={**body, "stream": True}, timeout=60) as r:
         assert r.headers["content-type"].startswith("text/event-stream")
-        names = [line[len("event: "):] for line in r.iter_lines() if line.startswith("event: ")]
-    blocks = names[names.index("content_block_start"):names.index("content_block_stop") + 1]
-    assert names[0] == "message_start" and names[-2:] == ["message_delta", "message_stop"]
-    assert blocks[0] == "content_block_start" and set(blocks[1:-1]) <= {"content_block_delta", "ping"}
-    assert names.count("content_block_start") == names.count("content_block_stop") == 1
+        lines = [line for line in r.iter_lines() if line]
+    names = [line[len("event: "):] for line in lines if line.startswith("event: ")]
+    data = [json.loads(line[len("data: "):]) for line in lines if line.startswith("data: ")]
+    assert [d["type"] for d in data] == names
+    for d in data:
+        if d["type"] != "ping":
+            STREAM_EVENT.validate_python(d)
+    assert names[:3] == ["message_start", "ping", "content_block_start"]
+    assert names[-3:] == ["content_block_stop", "message_delta", "message_stop"]
+    assert set(names[3:-3]) <= {"content_block_delta", "ping"} and "content_block_delta" in names
+    assert data[-2]["delta"]["stop_reason"] == "max_tokens" and data[-2]["usage"]["output_tokens"] == 10
 
 
 def test_stop_sequence_is_reported_and_never_emitted(client):

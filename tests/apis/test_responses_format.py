@@ -1,10 +1,15 @@
-"""The Responses stream built from worker outputs (no processes)."""
+"""The Responses stream built from worker outputs, every event validated
+against the OpenAI SDK's types (no processes)."""
 
 from __future__ import annotations
 
 import json
 
+from openai.types.responses import Response, ResponseStreamEvent
+from pydantic import TypeAdapter
+
 from gateway.dispatch import Admitted
+from gateway.errors import APIError
 from gateway.responses_format import ResponsesReply
 from gateway.responses_schema import parse_response_request
 from protocol.messages import CacheDecision, RequestOutput, ToolCallDelta, Usage
@@ -17,8 +22,15 @@ def reply(stored: list) -> ResponsesReply:
     return ResponsesReply(Admitted("r", "m", "c", FIRST, 0), body, "resp_1", lambda response, output: stored.append((response, output)))
 
 
+# Validation, not the SDK's lenient construction: a missing or mistyped field fails.
+EVENT = TypeAdapter(ResponseStreamEvent)
+
+
 def events(raw: bytes) -> list[dict]:
-    return [json.loads(line[len("data: "):]) for line in raw.decode().splitlines() if line.startswith("data: ")]
+    parsed = [json.loads(line[len("data: "):]) for line in raw.decode().splitlines() if line.startswith("data: ")]
+    for e in parsed:
+        EVENT.validate_python(e)
+    return parsed
 
 
 def test_a_batch_that_queued_up_goes_out_as_one_delta():
@@ -42,9 +54,22 @@ def test_reasoning_text_and_a_call_are_three_items_and_the_turn_is_stored_as_cha
     all_events = events(b"".join(r.open()) + b"".join(r.delta(outs)) + b"".join(r.close(outs[-1])))
     assert [e["sequence_number"] for e in all_events] == list(range(len(all_events)))
     final = all_events[-1]["response"]
+    Response.model_validate(final)
     assert all_events[-1]["type"] == "response.completed" and final["status"] == "completed"
     assert [o["type"] for o in final["output"]] == ["reasoning", "message", "function_call"]
     assert final["output"][2]["arguments"] == '{"a": 1}' and final["output"][2]["call_id"] == "call_1"
     (response, context), = stored
     assert response == final and context == [{"role": "assistant", "content": "Let me check.", "tool_calls": [
         {"id": "call_1", "type": "function", "function": {"name": "f", "arguments": '{"a": 1}'}}]}]
+
+
+def test_a_failure_mid_stream_is_an_error_then_response_failed():
+    r = reply([])
+    raw = b"".join(r.open()) + b"".join(r.delta([FIRST, RequestOutput("r", content="par")]))
+    raw += b"".join(r.fail(APIError(503, "worker went away", code="worker_unavailable")))
+    tail = events(raw)[-2:]
+    assert [e["type"] for e in tail] == ["error", "response.failed"]
+    assert tail[0]["code"] == "worker_unavailable" and tail[0]["message"] == "worker went away"
+    failed = Response.model_validate(tail[1]["response"])
+    assert failed.status == "failed" and failed.error is not None and failed.error.code == "server_error"
+    assert [o.type for o in failed.output] == ["message"]  # what streamed before the failure
