@@ -117,7 +117,9 @@ class TextFormatJSONSchema(_Strict):
 
 class TextConfig(_Strict):
     format: Annotated[TextFormatText | TextFormatJSONObject | TextFormatJSONSchema, Field(discriminator="type")] | None = None
-    verbosity: None = None  # a 400 when set: local models have no verbosity control
+    # Local models have no verbosity control: "medium" (OpenAI's default, which
+    # Codex CLI sends for GPT-5 model names) is what they do anyway; else a 400.
+    verbosity: Literal["medium"] | None = None
 
 
 class ReasoningConfig(_Strict):
