@@ -6,14 +6,20 @@ while it shares a batch with others, and OpenAI's presence/frequency
 penalties, which count only the completion's own tokens (mlx-lm's count a
 window that includes the prompt).
 
-A logits processor is called by mlx-lm's batch as ``f(tokens, logits)`` with
-this sequence's token history (prompt and completion so far, the newest
-token last) and its ``(1, vocab)`` logits, and returns new logits.
+Requests with equal settings and no seed get the same ``Sampler`` object:
+the decode step (decode.py) samples all the rows of one object in one call,
+so a batch of default requests costs one sampling call, not one per row.
+
+A logits processor is called by the decode step as ``f(tokens, logits)``
+with this sequence's token history (prompt and completion so far, the
+newest token last) and its ``(1, vocab)`` logits, and returns new logits.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
+from functools import lru_cache
 
 import mlx.core as mx
 from mlx_lm.sample_utils import (
@@ -26,40 +32,67 @@ from mlx_lm.sample_utils import (
 
 from .generation_config import Sampling
 
-Sampler = Callable[[mx.array], mx.array]
 LogitsProcessor = Callable[[mx.array, mx.array], mx.array]
+SamplerFn = Callable[[mx.array], mx.array]  # a Sampler, or any function drawing one token per row
 
 REPETITION_CONTEXT = 64  # tokens the (HF-style) repetition penalty looks back over
 
 
+@dataclass(frozen=True, eq=False)
+class Sampler:
+    """Draws one token per row of ``(rows, vocab)`` scores."""
+
+    draw: Callable[[mx.array], mx.array]
+    # False: any per-row shift of the scores draws the same tokens (argmax,
+    # temperature, top-k, min-p), so unnormalised logits will do and the
+    # step skips the log-softmax. top-p sums probabilities: it needs them.
+    needs_logprobs: bool = False
+
+    def __call__(self, scores: mx.array) -> mx.array:
+        return self.draw(scores)
+
+
+GREEDY = Sampler(greedy_sampler)
+
+
 def make_sampler(params: Sampling, *, seed_offset: int = 0) -> Sampler:
-    """Greedy requests share one sampler object so the batch samples in one
-    call. ``seed_offset`` gives each of a request's ``n`` choices its own
-    reproducible stream."""
+    """The sampler for these settings: shared by every request with the
+    same ones unless ``seed`` is set. ``seed_offset`` gives each of a
+    request's ``n`` choices its own reproducible stream."""
     if params.temperature <= 0.0:
-        return greedy_sampler
+        return GREEDY
+    if params.seed is None:
+        return _shared(params.temperature, params.top_p, params.min_p, params.top_k)
+    return _build(params.temperature, params.top_p, params.min_p, params.top_k, seed=(params.seed + seed_offset) % 2**63)
 
+
+@lru_cache(maxsize=64)
+def _shared(temperature: float, top_p: float, min_p: float, top_k: int) -> Sampler:
+    return _build(temperature, top_p, min_p, top_k, seed=None)
+
+
+def _build(temperature: float, top_p: float, min_p: float, top_k: int, *, seed: int | None) -> Sampler:
     filters: list[Callable[[mx.array], mx.array]] = []
-    if 0.0 < params.top_p < 1.0:
-        filters.append(lambda x: apply_top_p(x, params.top_p))
-    if params.min_p > 0.0:
-        filters.append(lambda x: apply_min_p(x, params.min_p, 1))
-    if params.top_k > 0:
-        filters.append(lambda x: apply_top_k(x, params.top_k))
+    if 0.0 < top_p < 1.0:
+        filters.append(lambda x: apply_top_p(x, top_p))
+    if min_p > 0.0:
+        filters.append(lambda x: apply_min_p(x, min_p, 1))
+    if top_k > 0:
+        filters.append(lambda x: apply_top_k(x, top_k))
 
-    inv_temp = 1.0 / params.temperature
-    key = mx.random.key((params.seed + seed_offset) % 2**63) if params.seed is not None else None
+    inv_temp = 1.0 / temperature
+    key = mx.random.key(seed) if seed is not None else None
 
-    def sample(logprobs: mx.array) -> mx.array:
+    def sample(scores: mx.array) -> mx.array:
         nonlocal key
         for f in filters:
-            logprobs = f(logprobs)
+            scores = f(scores)
         if key is None:
-            return mx.random.categorical(logprobs * inv_temp)
+            return mx.random.categorical(scores * inv_temp)
         key, sub = mx.random.split(key)
-        return mx.random.categorical(logprobs * inv_temp, key=sub)
+        return mx.random.categorical(scores * inv_temp, key=sub)
 
-    return sample
+    return Sampler(sample, needs_logprobs=0.0 < top_p < 1.0)
 
 
 def make_logits_processors(params: Sampling) -> list[LogitsProcessor]:

@@ -285,6 +285,7 @@ class Scheduler:
                 sampler=make_sampler(seq.sampling, seed_offset=seq.choice),
                 logits_processors=make_logits_processors(seq.sampling) + ([seq.constraint] if seq.constraint else []),
                 stop_on_eos=not seq.request.sampling.ignore_eos,
+                logprobs=bool(seq.sampling.logprobs),
                 pauses=[b - len(cached_tokens) for b in (seq.plan.checkpoints if seq.plan else [])],
             )
         )

@@ -70,7 +70,7 @@ def test_each_sequence_runs_to_its_own_budget_and_hands_back_its_kv(batch: Batch
 
 
 def test_logprobs_cover_the_vocabulary_and_greedy_takes_the_best(batch: Batch, loaded: Any, prompt: list[int]) -> None:
-    uid = batch.add(SequenceSpec(prompt, max_tokens=3, stop_on_eos=False))
+    uid = batch.add(SequenceSpec(prompt, max_tokens=3, stop_on_eos=False, logprobs=True))
     for t in run(batch)[uid]:
         assert t.logprobs.shape == (loaded.model.args.vocab_size,)
         assert mx.argmax(t.logprobs).item() == t.token

@@ -69,7 +69,7 @@ def _batched(model, processor, inputs, *, rerotate: bool, chunk: int):
     text = processor.tokenizer.apply_chat_template([{"role": "user", "content": "Hello there"}], tokenize=False,
                                                    add_generation_prompt=True)
     gen.add(SequenceSpec(processor.tokenizer.encode(text), max_tokens=STEPS))  # a text neighbour in the batch
-    uid = gen.add(SequenceSpec([last], max_tokens=STEPS, cache=cache))
+    uid = gen.add(SequenceSpec([last], max_tokens=STEPS, cache=cache, logprobs=True))
     tokens: list[int] = []
     logprobs = []
     for _ in range(STEPS * 20):  # a bound: prefill takes a few steps, then one token each
