@@ -13,13 +13,17 @@ from typing import Any
 
 import pytest
 
-from tests.support.e2e import E2E, ProcessGuard, starts_processes, uses_process_fixture
+from tests.support.e2e import E2E, ProcessGuard, skip_e2e_module, starts_processes, uses_process_fixture
 from tests.support.processes import Stack, start_fake_stack, start_stack
 from worker.models import LoadedModel, ensure_fast_blas
 
 # Before anything imports MLX: in-process tests then run float32 matmuls on
 # OpenBLAS (when installed), as the worker does. Never re-exec pytest.
 ensure_fast_blas(reexec=False)
+
+
+def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> bool | None:
+    return True if skip_e2e_module(collection_path, config.getoption("markexpr") or "") else None
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

@@ -5,6 +5,7 @@ violates the spec's schema."""
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 from pathlib import Path
@@ -19,6 +20,10 @@ from schemathesis.specs.openapi.checks import response_schema_conformance
 
 from tests.support.e2e import starts_processes
 from tests.support.processes import start_stack
+
+# Every test here runs against a started stack; a fast run does not even import this module
+# (tests/support/e2e.py: building the schemathesis tests takes ~20 s).
+pytestmark = pytest.mark.e2e
 
 # The official spec, vendored (MIT; source and commit in openai-openapi.SOURCE,
 # see README.md here); KMLX_OPENAPI_SPEC points at another copy.
@@ -64,9 +69,19 @@ def _error_bodies_wrapped(spec: dict[str, Any]) -> dict[str, Any]:
     return spec
 
 
+@functools.cache
+def _spec_json() -> str:
+    """The spec parsed once per run (this module and tests/reliability's fuzz
+    tests both build schemas from it at collection, in every run, fast ones
+    included): libyaml's parser when present, five times faster than
+    PyYAML's own on these 87,000 lines. As JSON: YAML dates in descriptions
+    become strings, and each caller gets its own copy to mend."""
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+    return json.dumps(yaml.load(SPEC.read_text(), Loader=loader), default=str)
+
+
 def _load_spec() -> dict[str, Any]:
-    # Round-trip through JSON: YAML dates in descriptions become strings.
-    return _error_bodies_wrapped(_stream_events_as_items(json.loads(json.dumps(yaml.safe_load(SPEC.read_text()), default=str))))
+    return _error_bodies_wrapped(_stream_events_as_items(json.loads(_spec_json())))
 
 
 OPERATIONS = [

@@ -25,6 +25,11 @@ from tests.support.e2e import starts_processes
 from tests.support.processes import start_stack
 
 HERE = Path(__file__).parent
+
+# Every test here fuzzes a running stack; a fast run does not even import this module
+# (tests/support/e2e.py: building the schemathesis tests takes ~20 s).
+pytestmark = pytest.mark.e2e
+
 EXAMPLES = int(os.environ.get("KMLX_RELIABILITY_EXAMPLES", "20"))
 OPENAI_OPERATIONS = [
     "createChatCompletion", "createCompletion", "listModels", "retrieveModel",

@@ -6,6 +6,12 @@ test. Fixtures that start processes are decorated with ``starts_processes``
 and their users are marked at collection. A test that starts a process
 without the marker fails (``ProcessGuard``), in every run, so a forgotten
 marker cannot slip into the fast suite.
+
+A module whose every test starts processes may say so with the line
+``pytestmark = pytest.mark.e2e``: a run that deselects e2e tests then does
+not import it at all (``skip_e2e_module``). Worth it where building the
+tests is itself expensive (schemathesis derives its cases from the
+87,000-line OpenAI spec at collection, ~20 s here).
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ import os
 import pty
 import subprocess
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
@@ -29,6 +36,16 @@ def starts_processes(fixture_func: F) -> F:
     processes: every test that uses it, directly or not, is marked ``e2e``."""
     setattr(fixture_func, _FLAG, True)
     return fixture_func
+
+
+MODULE_MARK = "pytestmark = pytest.mark.e2e"
+
+
+def skip_e2e_module(path: Path, markexpr: str) -> bool:
+    """Leave out a whole-e2e module (see above) when the run deselects e2e."""
+    if " ".join(markexpr.split()) != f"not {E2E}" or path.suffix != ".py" or not path.name.startswith("test_"):
+        return False
+    return any(line.strip() == MODULE_MARK for line in path.read_text().splitlines())
 
 
 def uses_process_fixture(item: pytest.Item) -> bool:
