@@ -47,6 +47,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--prefill-chunk", type=int, default=None,
                    help="prompt tokens prefilled per step, so long prompts don't stall running streams "
                         f"(default: {d.prefill_chunk_gpu} on a GPU, {d.prefill_chunk_cpu} on the CPU backend, where a step is far slower)")
+    s.add_argument("--warm-up", choices=["auto", "on", "off"], default=d.warm_up,
+                   help="before reporting ready, run the prefill and decode shapes serving uses once, so a GPU backend "
+                        "compiles their kernels then and not during the first requests (/health is 503 meanwhile); "
+                        "auto: on a GPU only (the CPU backend has nothing to compile)")
     s.add_argument("--default-max-tokens", type=int, default=None, help="completion budget when a request sets none (default: the rest of the context)")
     s.add_argument("--max-tokens-limit", type=int, default=None, help="cap on any one completion; longer requests end with finish_reason=length")
     s.add_argument("--drain-timeout", type=float, default=d.drain_timeout, help="seconds SIGTERM waits for running requests before aborting them")
@@ -158,6 +162,12 @@ def _default_prefill_chunk() -> int:
     return DEFAULTS.prefill_chunk_gpu if mx.default_device() == mx.gpu else DEFAULTS.prefill_chunk_cpu
 
 
+def _warms_up(setting: str) -> bool:
+    import mlx.core as mx
+
+    return setting == "on" or (setting == "auto" and mx.default_device() == mx.gpu)
+
+
 def _kv_manager(args: argparse.Namespace, loaded: LoadedModel, tokenizer_hash: str) -> PromptCacheManager | None:
     from pathlib import Path
 
@@ -248,6 +258,9 @@ def serve(args: argparse.Namespace, loaded: LoadedModel, transport: Transport, i
         max_running=args.max_running,
         max_queued=args.max_queued,
     )
+    if _warms_up(args.warm_up):  # before transport.start: no gateway counts this worker ready until it is done
+        log.info("warming up (prefill chunk %d, up to %d sequences)", limits.prefill_chunk, limits.max_running)
+        log.info("warmed up in %.2fs", scheduler.warm_up())
     engine = Engine(scheduler, transport, inbox)
     # The prompt (and media) threads wake an idle compute loop when a job is done.
     scheduler.set_wake(lambda: inbox.put(Wake("job done")))

@@ -133,6 +133,14 @@ class Scheduler:
         the prompt thread wakes the loop when it is done)."""
         return bool(self._by_uid) or self.prompts.has_done or bool(self._parked())
 
+    def warm_up(self) -> float:
+        """Compile the kernels of the shapes serving uses, on the running
+        batch, before the worker reports ready (worker/warmup.py); seconds."""
+        from .warmup import warm_up
+
+        return warm_up(self._batch, max_running=self.limits.max_running, prefill_chunk=self.limits.prefill_chunk,
+                       vocab_size=self.vocab_size)
+
     def kv_tokens(self) -> int:
         return sum(len(s.prompt.token_ids) + s.completion_tokens for s in self._by_uid.values())
 
