@@ -237,6 +237,7 @@ class Scheduler:
             self.counters.rejected += 1
             return rejection(req.request_id, max_tokens)
         if req.sampling.max_tokens == 0:  # count only: no KV, no batch
+            self.counters.admitted += 1  # and finished at once: every admitted request finishes once
             self.counters.finished += 1
             return prompt_only(req.request_id, n_prompt)
 
@@ -393,10 +394,9 @@ class Scheduler:
             self.counters.errors += error is not None
             return ended_unstarted(request_id, error, rendering.arrived, CacheDecision(mode="none"))
         parked = self._sharing.remove(request_id) if self._sharing is not None else None
-        if parked is not None:
+        if parked is not None:  # never admitted (counted when placed): like a prompt still rendering
             self.counters.aborted += error is None
             self.counters.errors += error is not None
-            self.counters.finished += 1
             return parked.final("error" if error else "abort", error=error)
         seq = self._by_id.get(request_id)
         if seq is None:

@@ -211,7 +211,8 @@ def test_abort_at_every_stage_is_final_idempotent_and_commits_nothing(tiny_loade
     res = run_to_end(s, [first_n])
     assert set(res) == {"n"}  # nothing more for "x"
     assert "".join(o.content for o in early if o.request_id == "n") + res["n"].text == neighbour  # the batch went on unharmed
-    assert (s.counters.aborted, s.counters.finished) == (1, 2)
+    admitted = 1 if stage == "waiting" else 2  # "x" waits parked behind "n"'s prefix: never admitted
+    assert (s.counters.aborted, s.counters.admitted, s.counters.finished) == (1, admitted, admitted)
     assert_idle(s)
     again = s.admit(GATEWAY, chat("x2", "Hi", conversation_id="conv"))
     assert again.cache_decision.mode == "fresh"  # not "disabled": the aborted turn released the conversation
@@ -399,4 +400,29 @@ def test_counters_and_state_return_to_zero_after_a_mixed_load(tiny_loaded, story
     c = s.counters
     assert (c.admitted, c.rejected, c.finished, c.aborted, c.errors) == (3, 1, 3, 1, 0)
     assert sorted(cid for cid, _ in kv.store.items()) == ["c1", "c2"]
+    assert_idle(s)
+
+
+def test_every_admitted_request_finishes_once_whatever_path_it_ends_on(tiny_loaded, tmp_path):
+    """The counters balance at rest: admitted == finished, and a request that
+    ends before admission (parked behind a running prefix, or its prompt still
+    rendering) counts only as aborted. A slip here shows as a stats view where
+    more requests finished than were ever admitted."""
+    s = make_scheduler(tiny_loaded, kv=make_kv(tmp_path, tiny_loaded))
+    a = s.admit(GATEWAY, chat("a", "One", max_tokens=6, ignore_eos=True))
+    assert s.admit(GATEWAY, chat("parked", "Two", max_tokens=2)) is None  # waits for "a"'s prefix
+    assert s.admit(GATEWAY, chat("big", "word " * 3000, max_tokens=2)) is None  # renders on the prompt thread
+    only = s.admit(GATEWAY, chat("count", "Three", max_tokens=0))  # prompt size only: admitted and finished at once
+    assert only is not None and only.finish_reason == "length"
+    image = chat("refused", "Four")
+    image.messages[-1].content = [TextPart("what is this"), ImagePart(MediaURL("data:,"))]  # a text model: refused
+    refused = s.admit(GATEWAY, image)
+    assert refused is not None and refused.finish_reason == "error"
+    for rid in ("parked", "big"):
+        out = s.abort(rid)
+        assert out is not None and out.finish_reason == "abort"
+    res = run_to_end(s, [a])
+    assert set(res) == {"a"}
+    c = s.counters
+    assert (c.admitted, c.finished, c.rejected, c.aborted, c.errors) == (2, 2, 1, 2, 0)
     assert_idle(s)

@@ -246,6 +246,7 @@ class VisionScheduler(Scheduler):
             self.counters.rejected += 1
             return rejection(req.request_id, max_tokens)
         if req.sampling.max_tokens == 0:  # count only
+            self.counters.admitted += 1  # and finished at once: every admitted request finishes once
             self.counters.finished += 1
             return prompt_only(req.request_id, n_prompt)
         assert not isinstance(sampling, ErrorInfo)
