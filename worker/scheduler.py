@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from protocol.messages import CacheDecision, ChatRequest, ErrorInfo, RequestOutput
+from protocol.messages import CacheDecision, ChatRequest, ErrorInfo, RequestOutput, SamplingParams
 
 from .batch import Batch, KVState, SequenceSpec, Token
 from .choices import Choices, fork_caches
@@ -136,10 +136,15 @@ class Scheduler:
     def warm_up(self) -> float:
         """Compile the kernels of the shapes serving uses, on the running
         batch, before the worker reports ready (worker/warmup.py); seconds."""
+        from protocol.chat import chat_messages
+
         from .warmup import warm_up
 
+        t0 = time.perf_counter()
+        # The chat template compiles on its first render: that too before the first request.
+        self.render(self.tokenizer, ChatRequest("warm-up", chat_messages([{"role": "user", "content": "Hello"}]), SamplingParams()))
         return warm_up(self._batch, max_running=self.limits.max_running, prefill_chunk=self.limits.prefill_chunk,
-                       vocab_size=self.vocab_size)
+                       vocab_size=self.vocab_size) + time.perf_counter() - t0
 
     def kv_tokens(self) -> int:
         return sum(len(s.prompt.token_ids) + s.completion_tokens for s in self._by_uid.values())

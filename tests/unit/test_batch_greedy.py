@@ -4,10 +4,7 @@ running batch at different steps and leaving it at different lengths."""
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
-
-import pytest
 
 from worker.batch import Batch, SequenceSpec
 
@@ -18,13 +15,6 @@ PROMPTS = [
     "Name three primary colors.",
 ]
 BUDGETS = [24, 9, 17, 24]  # different lengths: rows leave the batch mid-way
-
-
-@pytest.fixture(scope="module")
-def real(default_model_path: Path) -> Any:
-    from worker.models import load_model
-
-    return load_model(str(default_model_path))
 
 
 def _prompts(loaded: Any) -> list[list[int]]:
@@ -71,8 +61,8 @@ def _kmlx(loaded: Any, prompts: list[list[int]]) -> dict[int, list[int]]:
     return {i: out[u] for i, u in enumerate(uids)}
 
 
-def test_greedy_tokens_equal_mlx_lm_batch_generator(real: Any) -> None:
-    prompts = _prompts(real)
-    theirs, ours = _mlx_lm(real, prompts), _kmlx(real, prompts)
+def test_greedy_tokens_equal_mlx_lm_batch_generator(default_loaded: Any) -> None:
+    prompts = _prompts(default_loaded)
+    theirs, ours = _mlx_lm(default_loaded, prompts), _kmlx(default_loaded, prompts)
     assert [len(ours[i]) for i in range(4)] == BUDGETS
     assert ours == theirs

@@ -37,3 +37,25 @@ def test_processors_only_when_asked():
     assert make_logits_processors(Sampling()) == []
     procs = make_logits_processors(Sampling(repetition_penalty=1.2, frequency_penalty=0.1, logit_bias={0: 1.0}))
     assert len(procs) == 3
+
+
+def test_equal_unseeded_settings_share_one_sampler_object():
+    """The decode step samples every row of one sampler object in one call
+    (worker/decode.py), so equal settings must give the same object."""
+    from worker.sampling import GREEDY, make_sampler
+
+    assert make_sampler(Sampling(temperature=0.0)) is GREEDY
+    a, b = make_sampler(Sampling(temperature=0.7, top_p=0.9)), make_sampler(Sampling(temperature=0.7, top_p=0.9))
+    assert a is b and a.needs_logprobs  # top-p sums probabilities
+    assert make_sampler(Sampling(temperature=0.7)) is not a and not make_sampler(Sampling(temperature=0.7)).needs_logprobs
+    seeded = [make_sampler(Sampling(temperature=0.7, seed=1)) for _ in range(2)]
+    assert seeded[0] is not seeded[1] and seeded[0] is not make_sampler(Sampling(temperature=0.7))  # a seed is its own stream
+
+
+def test_a_seeded_sampler_is_reproducible_and_choices_differ():
+    from worker.sampling import make_sampler
+
+    scores = mx.log(mx.ones((1, 50)) / 50)
+    draw = lambda s: [s(scores).item() for _ in range(8)]  # noqa: E731
+    assert draw(make_sampler(Sampling(temperature=1.0, seed=7))) == draw(make_sampler(Sampling(temperature=1.0, seed=7)))
+    assert draw(make_sampler(Sampling(temperature=1.0, seed=7))) != draw(make_sampler(Sampling(temperature=1.0, seed=7), seed_offset=1))
