@@ -9,24 +9,19 @@ from typing import Any
 
 from protocol.chat import chat_messages
 from protocol.messages import ChatRequest, RequestOutput, SamplingParams
-from worker.kv.conversations import ConversationLimits
-from worker.kv.manager import KVConfig, PromptCacheManager
-from worker.scheduler import Scheduler, SchedulerLimits
+from tests.support import worker_harness as harness
+from worker.kv.manager import PromptCacheManager
+from worker.scheduler import Scheduler
 
 GATEWAY = b"gw"
 
 
 def make_kv(root: Path, loaded: Any, **config: Any) -> PromptCacheManager:
-    limits = config.pop("limits", ConversationLimits(max_tokens=loaded.context_length))
-    cfg = KVConfig(prefix_dir=root / "prefix", disk_dir=root / "conversations", limits=limits, **config)
-    return PromptCacheManager(cfg, model_id=loaded.model_id, tokenizer_hash="test")
+    return harness.make_kv(root, loaded, **{"prefix_enabled": True, **config})
 
 
 def make_scheduler(loaded: Any, kv: PromptCacheManager | None, **limits: Any) -> Scheduler:
-    return Scheduler(
-        loaded.model, loaded.tokenizer, model_id=loaded.model_id, context_length=loaded.context_length,
-        limits=SchedulerLimits(**{"max_running": 8, "prefill_chunk": 32, **limits}), kv=kv,
-    )
+    return harness.make_scheduler(loaded, kv=kv, **{"max_running": 8, "prefill_chunk": 32, **limits})
 
 
 def request(rid: str, messages: list[dict], *, max_tokens: int = 8, conversation: str | None = None, **extra: Any) -> ChatRequest:

@@ -17,7 +17,7 @@ from typing import Any
 
 import msgspec
 
-from protocol.chat import ChatMessage
+from protocol.chat import chat_messages
 from protocol.messages import (
     PROTOCOL_VERSION,
     ChatRequest,
@@ -50,20 +50,17 @@ def chat(
     """A chat request; greedy and short unless ``sampling`` says otherwise."""
     plain = ([{"role": "system", "content": system}] if system else []) + list(history or [])
     plain.append({"role": "user", "content": text})
-    messages = msgspec.convert(plain, list[ChatMessage])  # typed, as the gateway sends them
+    messages = chat_messages(plain)  # typed, as the gateway sends them
     params: dict[str, Any] = {"temperature": 0.0, "max_tokens": 8, **sampling}
     deadline = params.pop("deadline", None)
     return ChatRequest(request_id, messages, SamplingParams(**params), conversation_id=conversation_id, deadline=deadline)
 
 
-def make_kv(root: Path, loaded: LoadedModel, *, prefix: bool = False) -> PromptCacheManager:
-    config = KVConfig(
-        prefix_enabled=prefix,
-        prefix_dir=root / "prefix",
-        disk_dir=root / "conversations",
-        limits=ConversationLimits(max_tokens=loaded.context_length),
-    )
-    return PromptCacheManager(config, model_id=loaded.model_id, tokenizer_hash="test")
+def make_kv(root: Path, loaded: LoadedModel, **config: Any) -> PromptCacheManager:
+    """A prompt cache under ``root``; no system-prompt files unless ``prefix_enabled=True``."""
+    settings: dict[str, Any] = {"prefix_enabled": False, "limits": ConversationLimits(max_tokens=loaded.context_length), **config}
+    kv_config = KVConfig(prefix_dir=root / "prefix", disk_dir=root / "conversations", **settings)
+    return PromptCacheManager(kv_config, model_id=loaded.model_id, tokenizer_hash="test")
 
 
 _grammars: dict[int, GrammarCompiler] = {}
