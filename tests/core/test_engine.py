@@ -101,6 +101,35 @@ def test_a_vanished_gateway_has_its_requests_aborted(harness):
     assert_idle(h.scheduler)
 
 
+BIG = "word " * 3000  # over the inline limit: rendered on the prompt thread
+
+
+def test_a_big_prompt_rendered_beside_the_loop_is_admitted_and_runs(harness):
+    h = harness
+    h.put(chat("big", BIG, max_tokens=2, ignore_eos=True))
+    h.run(lambda: h.transport.final("big") is not None)
+    outs = h.transport.of("big")
+    assert outs[0].cache_decision is not None and outs[0].prompt_tokens > 3000  # its admission output, from a later step
+    assert outs[-1].finish_reason == "length" and outs[-1].usage.completion_tokens == 2
+    assert_idle(h.scheduler)
+
+
+def test_a_vanished_gateway_loses_its_parked_and_rendering_requests_too(tiny_loaded, tmp_path):
+    h = EngineHarness(make_scheduler(tiny_loaded, kv=make_kv(tmp_path, tiny_loaded)), tiny_loaded)
+    h.put(chat("lead", **LONGER))
+    h.put(chat("parked", "Another", **LONGER))  # shares the template's opening with "lead": parked behind it
+    h.put(chat("big", BIG, max_tokens=2))  # on the prompt thread
+    h.put(chat("kept", "Elsewhere", max_tokens=3), client=OTHER)
+    h.gone(GATEWAY)  # handled in the same turn of the loop, before any step
+    h.run(lambda: h.transport.final("kept") is not None)
+    h.put(chat("after", "Then", max_tokens=3), client=OTHER)  # the cancelled render must not surface later
+    h.run(lambda: h.transport.final("after") is not None)
+    assert [m for c, m in h.transport.sent if c == GATEWAY] == []  # nothing goes to a gateway that is gone
+    assert {o.request_id for o in h.transport.outputs()} == {"kept", "after"}
+    assert h.scheduler.counters.aborted == 3 and h.engine._owner == {}
+    assert_idle(h.scheduler)
+
+
 def test_a_duplicate_request_id_is_refused_and_the_first_runs_on(harness):
     h = harness
     h.put(chat("dup", **LONGER))

@@ -32,7 +32,7 @@ from worker.kv.conversations import ConversationLimits
 from worker.kv.manager import KVConfig, PromptCacheManager
 from worker.models.loaded import LoadedModel
 from worker.scheduler import Scheduler, SchedulerLimits
-from worker.transport import GatewayGone, Incoming
+from worker.transport import GatewayGone, Incoming, Wake
 
 GATEWAY = b"gw-a"
 RENDER_WAIT = 30.0  # seconds the prompt thread may take to render one test prompt
@@ -182,6 +182,7 @@ class EngineHarness:
         self.transport = RecordingTransport(worker_info(loaded))
         self.engine = Engine(scheduler, self.transport, self.inbox)  # type: ignore[arg-type]
         self.scheduler = scheduler
+        scheduler.set_wake(lambda: self.inbox.put(Wake("job done")))  # as worker/cli.py wires it
 
     def put(self, msg: msgspec.Struct, client: bytes = GATEWAY) -> None:
         self.inbox.put(Incoming(client, msg))
