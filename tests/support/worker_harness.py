@@ -32,7 +32,7 @@ from worker.kv.conversations import ConversationLimits
 from worker.kv.manager import KVConfig, PromptCacheManager
 from worker.models.loaded import LoadedModel
 from worker.scheduler import Scheduler, SchedulerLimits
-from worker.transport import GatewayGone, Incoming, Wake
+from worker.transport import GatewayGone, InboxItem, Incoming, Wake
 
 GATEWAY = b"gw-a"
 RENDER_WAIT = 30.0  # seconds the prompt thread may take to render one test prompt
@@ -178,7 +178,7 @@ class EngineHarness:
     """An Engine whose loop runs on the test's thread until a condition holds."""
 
     def __init__(self, scheduler: Scheduler, loaded: LoadedModel):
-        self.inbox: queue.Queue[Incoming | GatewayGone] = queue.Queue()
+        self.inbox: queue.Queue[InboxItem] = queue.Queue()
         self.transport = RecordingTransport(worker_info(loaded))
         self.engine = Engine(scheduler, self.transport, self.inbox)  # type: ignore[arg-type]
         self.scheduler = scheduler
