@@ -3,7 +3,7 @@ real Scheduler and PromptCacheManager, no sockets."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -32,17 +32,8 @@ def request(rid: str, messages: list[dict], *, max_tokens: int = 8, conversation
 
 
 @dataclass
-class Result:
-    first: RequestOutput | None = None
-    outputs: list[RequestOutput] = field(default_factory=list)
-
-    @property
-    def text(self) -> str:
-        return "".join(o.content for o in self.outputs)
-
-    @property
-    def final(self) -> RequestOutput:
-        return self.outputs[-1]
+class Result(harness.Finished):
+    first: RequestOutput | None = None  # the output that carried the cache decision
 
     @property
     def cached(self) -> int:
@@ -65,7 +56,7 @@ def run(scheduler: Scheduler, requests: list[ChatRequest], *, max_steps: int = 5
             r.first = out
             r.outputs.append(out)
     for _ in range(max_steps):
-        if all(r.outputs and r.final.finish_reason for r in results.values()):
+        if all(r.outputs and r.outputs[-1].finish_reason for r in results.values()):
             return results
         for out in scheduler.step():
             r = results[out.request_id]
