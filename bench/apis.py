@@ -13,7 +13,6 @@ the machine runs), and each API's ratio to chat.
 from __future__ import annotations
 
 import asyncio
-import json
 import re
 import tempfile
 import time
@@ -21,7 +20,7 @@ from pathlib import Path
 
 from tests.support.processes import free_port, spawn, start_gateway, wait_healthy
 
-from .pool import Load, cpu_seconds
+from .pool import Load, cpu_seconds, post_raw
 
 PROMPT = "Tell me a story."
 # Each API's final count of generated tokens, as it reports it.
@@ -43,16 +42,7 @@ def _bodies(tokens: int, stream: bool) -> dict[str, tuple[str, dict, re.Pattern[
 
 
 async def _one(host: str, port: int, path: str, body: dict, count: re.Pattern[bytes]) -> tuple[int, int, bool]:
-    raw = json.dumps(body).encode()
-    reader, writer = await asyncio.open_connection(host, port)
-    head = f"POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\nContent-Length: {len(raw)}\r\nConnection: close\r\n\r\n"
-    writer.write(head.encode() + raw)
-    await writer.drain()
-    parts = []
-    while chunk := await reader.read(1 << 16):
-        parts.append(chunk)
-    writer.close()
-    data = b"".join(parts)
+    data = await post_raw(host, port, path, body)
     ok = data.startswith(b"HTTP/1.1 200")
     found = count.findall(data[-4096:])
     tokens = int(found[-1]) if ok and found else 0

@@ -60,17 +60,23 @@ def cpu_seconds(pid: int) -> float | None:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-async def _one_stream(host: str, port: int, max_tokens: int, extra: dict) -> tuple[int, int, bool]:
-    body = json.dumps(stream_body(max_tokens, **extra)).encode()
+async def post_raw(host: str, port: int, path: str, body: dict) -> bytes:
+    """One POST over a bare socket, the whole answer as bytes: the least
+    client-side work per token, so the gateway stays the bottleneck."""
+    raw = json.dumps(body).encode()
     reader, writer = await asyncio.open_connection(host, port)
-    head = f"POST /v1/chat/completions HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\nContent-Length: {len(body)}\r\nConnection: close\r\n\r\n"
-    writer.write(head.encode() + body)
+    head = f"POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\nContent-Length: {len(raw)}\r\nConnection: close\r\n\r\n"
+    writer.write(head.encode() + raw)
     await writer.drain()
     parts = []
     while chunk := await reader.read(1 << 16):
         parts.append(chunk)
     writer.close()
-    data = b"".join(parts)
+    return b"".join(parts)
+
+
+async def _one_stream(host: str, port: int, max_tokens: int, extra: dict) -> tuple[int, int, bool]:
+    data = await post_raw(host, port, "/v1/chat/completions", stream_body(max_tokens, **extra))
     ok = data.startswith(b"HTTP/1.1 200")
     m = _USAGE.findall(data[-2048:])
     tokens = int(m[-1]) if ok and m else 0
@@ -125,7 +131,8 @@ def gateway_capacity(logs: Path, *, rates: tuple[float, ...], streams: int, toke
     for rate in rates:
         port = free_port()
         fake = spawn("fake-worker", ["-m", "bench.fake_worker", "--bind", f"tcp://127.0.0.1:{port}", "--step-rate", str(rate)], logs)
-        gw, root = start_gateway([f"tcp://127.0.0.1:{port}"], logs, args=["--log-level", "WARNING"])
+        # At WARNING the gateway does not log the port it bound, so it gets one.
+        gw, root = start_gateway([f"tcp://127.0.0.1:{port}"], logs, port=free_port(), args=["--log-level", "WARNING"])
         try:
             wait_healthy(root, [fake, gw])
             load(root, 4, 16)  # warm-up

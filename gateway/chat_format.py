@@ -175,6 +175,13 @@ def openai_reason(reason: str | None) -> str:
     return reason if reason in ("stop", "length", "tool_calls") else "stop"
 
 
+def choice_reason(final: RequestOutput, group: list[RequestOutput], n: int) -> str:
+    """How one choice ended: the request's end with one choice, else the
+    choice's own (``choice_finish_reason`` on its last output)."""
+    ended = [o.choice_finish_reason for o in group if o.choice_finish_reason]
+    return finish_reason(final) if n == 1 or not ended else openai_reason(ended[-1])
+
+
 def by_choice(outs: list[RequestOutput]) -> dict[int, list[RequestOutput]]:
     """Outputs grouped by choice index, in the order the choices appear."""
     groups: dict[int, list[RequestOutput]] = {}
@@ -229,8 +236,7 @@ class ChatReply:
         for index in range(self.n):
             group = groups.get(index, [])
             content, reasoning = joined_text(group) if group else ("", "")
-            ended = [o.choice_finish_reason for o in group if o.choice_finish_reason]
-            reason = finish_reason(final) if self.n == 1 or not ended else openai_reason(ended[-1])
+            reason = choice_reason(final, group, self.n)
             choices.append(message_choice(index, content, reasoning, reason, whole_tool_calls(group), logprobs_json(group)))
         return completion(request_id=a.request_id, model=a.model, created=a.created, choices=choices,
                           usage=final.usage or Usage(), conversation_id=a.conversation_id)

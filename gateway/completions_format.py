@@ -12,7 +12,7 @@ import msgspec
 
 from protocol.messages import RequestOutput, TokenLogprob, Usage
 
-from .chat_format import ChunkWriter, by_choice, finish_reason, openai_reason, usage_json
+from .chat_format import ChunkWriter, by_choice, choice_reason, finish_reason, openai_reason, usage_json
 from .dispatch import Admitted, joined_text
 from .errors import APIError
 
@@ -99,7 +99,6 @@ class CompletionReply:
         for index in range(self.n):
             group = groups.get(index, [])
             text, _ = joined_text(group) if group else ("", "")
-            ended = [o.choice_finish_reason for o in group if o.choice_finish_reason]
-            reason = finish_reason(final) if self.n == 1 or not ended else openai_reason(ended[-1])
-            choices.append({"index": index, "text": self.echo + text, "logprobs": self.logprobs[index].of(group), "finish_reason": reason})
+            choices.append({"index": index, "text": self.echo + text, "logprobs": self.logprobs[index].of(group),
+                            "finish_reason": choice_reason(final, group, self.n)})
         return {**self._head, "choices": choices, "usage": usage_json(final.usage or Usage())}
