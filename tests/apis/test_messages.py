@@ -89,6 +89,18 @@ def test_count_tokens_is_the_prompt_size_usage_reports(client):
     assert longer == counted + 3  # " Never explain." is three more tokens
 
 
+def test_the_beta_namespace_claude_code_uses_is_the_same_endpoint(client):
+    # client.beta.messages posts to /v1/messages?beta=true with anthropic-beta headers, as Claude Code does.
+    counted = client.messages.count_tokens(model="m", messages=ask("Hi")).input_tokens
+    beta = client.beta.messages.count_tokens(model="m", messages=ask("Hi"), betas=["token-counting-2024-11-01"])
+    assert beta.input_tokens == counted
+    m = client.beta.messages.create(model="m", max_tokens=3, messages=ask("Hi"), betas=["interleaved-thinking-2025-05-14"],
+                                    extra_body=GREEDY)
+    assert m.usage.output_tokens == 3 and m.stop_reason == "max_tokens"
+    with client.beta.messages.stream(model="m", max_tokens=3, messages=ask("Hi"), extra_body=GREEDY) as s:
+        assert s.get_final_message().content[0].text == m.content[0].text
+
+
 def test_system_blocks_and_a_prefilled_assistant_turn(client):
     blocks = [{"type": "text", "text": "Be brief."}, {"type": "text", "text": "Be kind.", "cache_control": {"type": "ephemeral"}}]
     one = client.messages.count_tokens(model="m", system=blocks, messages=ask("Hi")).input_tokens
