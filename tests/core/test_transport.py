@@ -62,17 +62,19 @@ def inbox() -> queue.Queue[InboxItem]:
 
 
 @pytest.fixture
-def transport(inbox: queue.Queue[InboxItem]) -> Iterator[Transport]:
-    t = Transport("tcp://127.0.0.1:0", inbox)
-    yield t
-    t.close("test over")
-
-
-@pytest.fixture
 def ctx() -> Iterator[zmq.Context]:
     c = zmq.Context()
     yield c
     c.destroy(linger=0)
+
+
+@pytest.fixture
+def transport(inbox: queue.Queue[InboxItem], ctx: zmq.Context) -> Iterator[Transport]:
+    # Closed before the gateways' context (it depends on it): its goodbye then
+    # finds them connected instead of lingering for a peer that is gone.
+    t = Transport("tcp://127.0.0.1:0", inbox)
+    yield t
+    t.close("test over")
 
 
 def next_item(inbox: queue.Queue[InboxItem]) -> InboxItem:
