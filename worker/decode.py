@@ -193,7 +193,7 @@ class DecodeBatch:
             history.append(t)  # the KV holds it once the next forward pass ran: keep them in step
         out_rows = ~self.fresh
         self.generated += out_rows
-        ended_eos = out_rows & self.stop_on_eos & np.isin(current, self.eos)
+        ended_eos = out_rows & self.stop_on_eos & (current[:, None] == self.eos).any(axis=1)  # np.isin: 6x slower here
         ended_len = out_rows & (self.generated >= self.max_tokens)
         self.fresh[:] = False
         rows = np.flatnonzero(out_rows)
