@@ -16,6 +16,7 @@ tests is itself expensive (schemathesis derives its cases from the
 
 from __future__ import annotations
 
+import _posixsubprocess
 import os
 import pty
 import subprocess
@@ -65,6 +66,8 @@ class ProcessGuard:
 
     _targets = [
         (subprocess.Popen, "_execute_child"),
+        (_posixsubprocess, "fork_exec"),  # what multiprocessing's spawn and forkserver call directly
+        (os, "system"),
         (os, "fork"),
         (os, "forkpty"),
         (os, "posix_spawn"),

@@ -3,6 +3,7 @@ by memory: these check the guard itself and the whole-module opt-out."""
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import subprocess
 import sys
@@ -21,6 +22,10 @@ def test_the_guard_refuses_every_way_to_start_a_process_and_names_the_test():
             os.fork()
         with pytest.raises(RuntimeError):
             os.posix_spawn(sys.executable, [sys.executable, "-c", "pass"], dict(os.environ))
+        with pytest.raises(RuntimeError):
+            os.system("true")
+        with pytest.raises(RuntimeError):
+            multiprocessing.get_context("spawn").Process(target=print).start()
     assert subprocess.Popen._execute_child is original
 
 
