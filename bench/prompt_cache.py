@@ -137,10 +137,15 @@ def run(model_path: Path, *, turns: int = 10, system_tokens: int = 2000, paralle
             try:
                 ask(stack, [{"role": "user", "content": "hi"}], conv="warm-up", max_tokens=2)
                 res = results[label] = Results()
+                t0 = time.perf_counter()
                 res.replies["growing"] = growing_chat(stack, turns, tag)
+                _progress(label, "growing chat", t0)
                 res.replies["interleaved"] = interleaved(stack, turns, tag)
+                _progress(label, "interleaved chats", t0)
                 res.replies["parallel"], res.parallel_seconds = parallel(stack, parallel_requests, system_tokens, tag)
+                _progress(label, "parallel requests", t0)
                 res.replies["system"] = system_prompt(stack, system_tokens, tag)
+                _progress(label, "system prompt", t0)
             finally:
                 stack.stop()
     report(results, turns)
@@ -148,6 +153,10 @@ def run(model_path: Path, *, turns: int = 10, system_tokens: int = 2000, paralle
         from .cache_internals import run as run_internals
 
         run_internals(model_path)
+
+
+def _progress(label: str, phase: str, t0: float) -> None:
+    print(f"  [{label}] {phase} done at {time.perf_counter() - t0:.0f}s", flush=True)
 
 
 def report(results: dict[str, Results], turns: int) -> None:
