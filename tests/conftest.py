@@ -87,6 +87,17 @@ def tiny_stack(tiny_model_path: Path, log_dir: Path) -> Iterator[Stack]:
     stack.stop()
 
 
+@pytest.fixture(scope="module")
+@starts_processes
+def capped_stack(tiny_model_path: Path, log_dir: Path) -> Iterator[Stack]:
+    """A tiny-model stack whose completions stop at 4 tokens, one per test
+    module: for the schemathesis modules, whose generated requests ask for
+    huge completions."""
+    stack = start_stack(tiny_model_path, log_dir, worker_args=["--max-tokens-limit", "4"])
+    yield stack
+    stack.stop()
+
+
 @pytest.fixture
 @starts_processes
 def make_stack(log_dir: Path) -> Iterator[Callable[..., Stack]]:

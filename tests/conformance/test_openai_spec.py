@@ -18,9 +18,6 @@ from hypothesis import HealthCheck, settings
 from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi.checks import response_schema_conformance
 
-from tests.support.e2e import starts_processes
-from tests.support.processes import start_stack
-
 # Every test here runs against a started stack; a fast run does not even import this module
 # (tests/support/e2e.py: building the schemathesis tests takes ~20 s).
 pytestmark = pytest.mark.e2e
@@ -91,17 +88,9 @@ OPERATIONS = [
 schema = schemathesis.openapi.from_dict(_load_spec()).include(operation_id=OPERATIONS)
 
 
-@pytest.fixture(scope="module")
-@starts_processes
-def conformance_stack(tiny_model_path, log_dir):
-    # Generated requests ask for huge completions; cap them so the run stays short.
-    stack = start_stack(tiny_model_path, log_dir, worker_args=["--max-tokens-limit", "4"])
-    yield stack
-    stack.stop()
-
 
 @schema.parametrize()
 @settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck))
-def test_openai_conformance(case, conformance_stack):
-    response = case.call(base_url=conformance_stack.base_url, timeout=60)
+def test_openai_conformance(case, capped_stack):
+    response = case.call(base_url=capped_stack.base_url, timeout=60)
     case.validate_response(response, checks=[not_a_server_error, response_schema_conformance])

@@ -21,9 +21,6 @@ from schemathesis import GenerationMode
 from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi.checks import response_schema_conformance
 
-from tests.support.e2e import starts_processes
-from tests.support.processes import start_stack
-
 HERE = Path(__file__).parent
 
 # Every test here fuzzes a running stack; a fast run does not even import this module
@@ -31,10 +28,6 @@ HERE = Path(__file__).parent
 pytestmark = pytest.mark.e2e
 
 EXAMPLES = int(os.environ.get("KMLX_RELIABILITY_EXAMPLES", "20"))
-OPENAI_OPERATIONS = [
-    "createChatCompletion", "createCompletion", "listModels", "retrieveModel",
-    "createResponse", "getResponse", "deleteResponse", "listInputItems",
-]
 MODES = [GenerationMode.POSITIVE, GenerationMode.NEGATIVE]
 # Random generation only: the "coverage" phase enumerates boundary values of
 # every property, ~9,000 requests for createResponse alone (an hour here).
@@ -48,24 +41,15 @@ def configured(schema):
 
 
 def _openai_schema():
-    from tests.conformance.test_openai_spec import SPEC, _load_spec
+    from tests.conformance.test_openai_spec import OPERATIONS, SPEC, _load_spec
 
     if not SPEC.exists():
         return None
-    return configured(schemathesis.openapi.from_dict(_load_spec()).include(operation_id=OPENAI_OPERATIONS))
+    return configured(schemathesis.openapi.from_dict(_load_spec()).include(operation_id=OPERATIONS))
 
 
 kmlx_schema = configured(schemathesis.openapi.from_path(HERE / "kmlx_operations.yaml"))
 openai_schema = _openai_schema()
-
-
-@pytest.fixture(scope="module")
-@starts_processes
-def fuzz_stack(tiny_model_path, log_dir):
-    # Generated requests ask for huge completions; cap them so the run stays short.
-    stack = start_stack(tiny_model_path, log_dir, worker_args=["--max-tokens-limit", "4"])
-    yield stack
-    stack.stop()
 
 
 def error_shaped(response, path: str) -> None:
@@ -82,8 +66,8 @@ def error_shaped(response, path: str) -> None:
 
 @kmlx_schema.parametrize()
 @settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck))
-def test_kmlx_operations_never_fail_on_input(case, fuzz_stack):
-    response = case.call(base_url=fuzz_stack.root_url, timeout=60)
+def test_kmlx_operations_never_fail_on_input(case, capped_stack):
+    response = case.call(base_url=capped_stack.root_url, timeout=60)
     case.validate_response(response, checks=[not_a_server_error, response_schema_conformance])
     error_shaped(response, case.path)
 
@@ -92,8 +76,8 @@ if openai_schema is not None:
 
     @openai_schema.parametrize()
     @settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck))
-    def test_openai_operations_never_fail_on_input(case, fuzz_stack):
-        response = case.call(base_url=fuzz_stack.base_url, timeout=60)
+    def test_openai_operations_never_fail_on_input(case, capped_stack):
+        response = case.call(base_url=capped_stack.base_url, timeout=60)
         case.validate_response(response, checks=[not_a_server_error])
         error_shaped(response, case.path)
 
