@@ -167,6 +167,31 @@ def test_text_request_to_a_vision_model(client):
     assert text and usage(r).completion_tokens == 8
 
 
+def form_schema(fields: int) -> dict:
+    props = {f"field_{i}": {"type": "string", "enum": ["yes", "no"]} for i in range(fields)}
+    return {"type": "object", "properties": props, "required": list(props)}
+
+
+def test_an_output_schema_holds_with_an_image(vision_stack):
+    """The grammar of a media request is compiled on the media thread (a
+    400-field schema takes a while to compile: not on the compute loop)."""
+    body = {"messages": ask_about(image_part(data_url(image_bytes("green")))), "max_tokens": 8, **GREEDY,
+            "response_format": {"type": "json_schema", "json_schema": {"name": "form", "schema": form_schema(400)}}}
+    r = post(vision_stack, body)
+    assert r.status_code == 200, r.text[:500]
+    assert r.json()["choices"][0]["message"]["content"].startswith('{"field'), r.json()  # the grammar's only start
+
+
+def test_an_output_schema_that_cannot_be_enforced_is_a_400_with_an_image(vision_stack):
+    schema = {"type": "not-a-type", "description": "x" * 10_000}
+    body = {"messages": ask_about(image_part(data_url(image_bytes("green")))), "max_tokens": 8,
+            "response_format": {"type": "json_schema", "json_schema": {"name": "bad", "schema": schema}}}
+    r = post(vision_stack, body)
+    assert r.status_code == 400, r.text[:500]
+    err = r.json()["error"]
+    assert err["code"] == "unsupported_schema" and err["param"] == "response_format", err
+
+
 def test_image_and_text_requests_run_together(vision_stack, client):
     """A text stream and several image requests at once all finish."""
     results: dict[str, object] = {}

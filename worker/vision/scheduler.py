@@ -22,7 +22,7 @@ from typing import Any
 from protocol.chat import has_media
 from protocol.messages import CacheDecision, ChatRequest, ErrorInfo, RequestOutput
 
-from ..grammar import GrammarError
+from ..grammar import GrammarError, GrammarProcessor
 from ..prompt import Prompt, PromptError
 from ..prompt_jobs import text_chars
 from ..scheduler import Scheduler, SchedulerLimits
@@ -54,6 +54,7 @@ class _Encoded:
     starts_in_reasoning: bool
     images: int
     inputs: tuple[Any, Any, dict[str, Any]] | None = None  # (ids, pixels, extra) for the loop to encode
+    constraint: GrammarProcessor | None = None  # the output grammar, compiled here too (its size is the client's)
 
 
 @dataclass
@@ -204,7 +205,7 @@ class VisionScheduler(Scheduler):
         return outputs
 
     def _prepare(self, req: ChatRequest) -> _Encoded:
-        """Media thread: decode, template, processor, vision tower."""
+        """Media thread: decode, template, processor, output grammar, vision tower."""
         prepared = prepare_media(
             self._media_processor.tokenizer, req.messages, self.media_limits, tools=self.tool_plan(req),
             variables=self.template_variables(req),
@@ -213,14 +214,15 @@ class VisionScheduler(Scheduler):
         n = len(vp.token_ids)
         if n >= self.context_length:  # refused next; don't run the vision tower for it
             return _Encoded(None, vp.token_ids, vp.starts_in_reasoning, vp.images)
+        constraint = self.constraint(req, vp.starts_in_reasoning)  # a GrammarError refuses before the tower runs
         if self.encode_on != "media-thread":
             import mlx.core as mx
 
             mx.eval(vp.input_ids, *[v for v in (vp.pixel_values, *vp.extra.values()) if isinstance(v, mx.array)])
             inputs = (vp.input_ids, vp.pixel_values, vp.extra)
-            return _Encoded(None, vp.token_ids, vp.starts_in_reasoning, vp.images, inputs)
+            return _Encoded(None, vp.token_ids, vp.starts_in_reasoning, vp.images, inputs, constraint)
         job = self.prefiller.encode(vp.input_ids, vp.pixel_values, vp.extra)
-        return _Encoded(job, vp.token_ids, vp.starts_in_reasoning, vp.images)
+        return _Encoded(job, vp.token_ids, vp.starts_in_reasoning, vp.images, constraint=constraint)
 
     def _prepared(self, pending: _Pending, enc: _Encoded | None, error: BaseException | None) -> RequestOutput:
         """The media thread finished a request: refuse it, or queue its prefill
@@ -230,6 +232,8 @@ class VisionScheduler(Scheduler):
             self.counters.rejected += 1
             if isinstance(error, (MediaError, PromptError)):
                 err = ErrorInfo(str(error), param=error.param, code=error.code or "invalid_request")
+            elif isinstance(error, GrammarError):
+                err = ErrorInfo(str(error), param=error.param, code="unsupported_schema")
             elif isinstance(error, ValueError):  # mlx-vlm's way of refusing inputs (e.g. token/feature mismatch)
                 err = ErrorInfo(f"the model could not process these inputs: {error}", code="vision_error")
             else:
@@ -250,11 +254,6 @@ class VisionScheduler(Scheduler):
             self.counters.finished += 1
             return prompt_only(req.request_id, n_prompt)
         assert not isinstance(sampling, ErrorInfo)
-        try:
-            constraint = self.constraint(req, enc.starts_in_reasoning)
-        except GrammarError as exc:
-            self.counters.rejected += 1
-            return rejection(req.request_id, ErrorInfo(str(exc), param=exc.param, code="unsupported_schema"))
         seq = Sequence(
             request=req,
             gateway=pending.gateway,
@@ -262,7 +261,7 @@ class VisionScheduler(Scheduler):
             sampling=sampling,
             detokenizer=self.tokenizer.detokenizer,
             text=self.text_stream(req, enc.starts_in_reasoning),
-            constraint=constraint,
+            constraint=enc.constraint,
             max_tokens=max_tokens,
             cache_decision=CacheDecision(mode="disabled", cached_tokens=0, processing_tokens=n_prompt),
         )
