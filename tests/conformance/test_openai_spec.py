@@ -88,7 +88,6 @@ OPERATIONS = [
 schema = schemathesis.openapi.from_dict(_load_spec()).include(operation_id=OPERATIONS)
 
 
-
 @schema.parametrize()
 @settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck))
 def test_openai_conformance(case, capped_stack):
