@@ -6,7 +6,7 @@ single frame holding one MessagePack-encoded struct from this module; the
 module is the whole contract between the two sides.
 
 Gateway -> worker:  Hello, ChatRequest, Abort, ControlCall
-Worker  -> gateway: WorkerInfo, StepOutputs, ControlReply, GoingAway
+Worker  -> gateway: WorkerInfo, ModelsChanged, StepOutputs, ControlReply, GoingAway
 """
 
 from __future__ import annotations
@@ -19,7 +19,8 @@ from .chat import ChatMessage
 
 # Bump on any incompatible change; the gateway refuses workers that differ.
 DEFAULT_WORKER_ENDPOINT = "tcp://127.0.0.1:5555"  # a worker binds it, a gateway dials it, unless told otherwise
-PROTOCOL_VERSION = 5  # 4: typed chat messages, typed ping load; 5: RequestOutput.cache_decision (was started)
+PROTOCOL_VERSION = 6  # 4: typed chat messages, typed ping load; 5: RequestOutput.cache_decision (was started);
+# 6: a worker serves several models (ChatRequest.model, WorkerInfo.models, ModelsChanged)
 
 
 class _Msg(msgspec.Struct, tag_field="type", forbid_unknown_fields=False, omit_defaults=True):
@@ -90,6 +91,7 @@ class ChatRequest(_Msg, tag="chat"):
     request_id: str
     messages: list[ChatMessage]
     sampling: SamplingParams
+    model: str | None = None  # which of the worker's models (None: its default)
     prompt: str | list[int] | None = None
     suffix: str | None = None  # with a text ``prompt``: fill in the middle (models with FIM tokens)
     strip_thinking: bool = False
@@ -112,7 +114,10 @@ class Abort(_Msg, tag="abort"):
     request_ids: list[str]
 
 
-ControlMethod = Literal["ping", "stats", "conv_save", "conv_load", "conv_stats", "conv_delete", "tokenize", "detokenize"]
+ControlMethod = Literal[
+    "ping", "stats", "conv_save", "conv_load", "conv_stats", "conv_delete", "tokenize", "detokenize",
+    "model_load", "model_unload",
+]
 
 
 class ControlCall(_Msg, tag="control"):
@@ -129,8 +134,21 @@ class ControlCall(_Msg, tag="control"):
 # --------------------------------------------------------------------------- #
 
 
+class ModelInfo(msgspec.Struct, omit_defaults=True):
+    """One model a worker can serve, and whether it is in memory."""
+
+    id: str
+    state: Literal["loaded", "loading", "unloaded", "failed"] = "loaded"
+    context_length: int = 0  # 0: not known before the model was first loaded
+    capabilities: list[str] = []  # e.g. ["chat", "vision"], once loaded
+    size_bytes: int = 0  # in memory once loaded; before, its weights on disk (an estimate)
+    error: str | None = None  # why the last load failed
+
+
 class WorkerInfo(_Msg, tag="worker_info"):
-    """Handshake reply: what this worker serves."""
+    """Handshake reply: what this worker serves. ``model_id`` and
+    ``context_length`` describe its default model (empty when it has none:
+    a models-dir worker started without ``-m``); ``models`` lists all."""
 
     protocol_version: int
     worker_id: str
@@ -140,6 +158,15 @@ class WorkerInfo(_Msg, tag="worker_info"):
     capabilities: list[str]  # e.g. ["chat", "vision"]
     max_running: int = 0
     max_queued: int = 0
+    models: list[ModelInfo] = []
+
+
+class ModelsChanged(_Msg, tag="models_changed"):
+    """Sent to every gateway when a worker's models change: one loaded,
+    unloaded, failed to load, or appeared in its models dir."""
+
+    worker_id: str
+    models: list[ModelInfo]
 
 
 class WorkerLoad(msgspec.Struct, omit_defaults=True):
@@ -270,4 +297,4 @@ class GoingAway(_Msg, tag="going_away"):
 
 
 ToWorker = Hello | ChatRequest | Abort | ControlCall
-FromWorker = WorkerInfo | StepOutputs | ControlReply | GoingAway
+FromWorker = WorkerInfo | ModelsChanged | StepOutputs | ControlReply | GoingAway

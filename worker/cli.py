@@ -1,27 +1,30 @@
-"""`kmlx-worker`: load a model and serve it to gateways over ZeroMQ."""
+"""`kmlx-worker`: load a model (or a folder of them) and serve it to gateways over ZeroMQ."""
 
 from __future__ import annotations
 
 import argparse
-import hashlib
 import logging
 import os
 import queue
 import socket
 import sys
 import time
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING
 
-from protocol.messages import PROTOCOL_VERSION, GoingAway, WorkerInfo
+import msgspec
+
+from protocol.messages import PROTOCOL_VERSION, GoingAway, ModelInfo, ModelsChanged, WorkerInfo
 
 from .config import DEFAULTS
 from .log_format import LOG_FORMATS, adopt_library_loggers, configure_logging
-from .vision.options import add_vision_arguments, vision_scheduler
+from .vision.options import add_vision_arguments
 
 if TYPE_CHECKING:  # loading MLX is the worker's first real work, not an import side effect
-    from .generation_config import SamplingDefaults
-    from .kv.manager import PromptCacheManager
+    from .model_host import ModelHost
     from .models.loaded import LoadedModel
+    from .scheduler import Scheduler
     from .transport import InboxItem, Transport
 
 log = logging.getLogger("kmlx.worker")
@@ -38,6 +41,18 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("-m", "--model", default=None, help="MLX model folder, Hugging Face repo id, .gguf file, or the built-in default")
     m.add_argument("-V", "--vision", action="store_true", default=None, help="force the vision pipeline (otherwise detected)")
     m.add_argument("--weights", default=d.weights, help="weight format: auto (fastest for this backend), q4, float32, bfloat16, float16")
+    od = p.add_argument_group("models on demand", "with --models-dir (docs/models.md)")
+    od.add_argument("--models-dir", default=None,
+                    help="serve every MLX model folder and .gguf file in this folder, each loaded on its first request "
+                         "(-m then names the one to load at start)")
+    od.add_argument("--max-loaded-models", type=int, default=d.max_loaded_models, help="models in memory at once (0: no limit); "
+                    "the least recently used idle one is unloaded to load another")
+    od.add_argument("--max-loaded-gb", type=float, default=d.max_loaded_gb,
+                    help="memory for loaded models' weights together (default: half of this machine's memory)")
+    od.add_argument("--idle-unload-seconds", type=float, default=d.idle_unload_seconds,
+                    help="unload a model unused this long (0: never)")
+    od.add_argument("--model-load-timeout", type=float, default=d.model_load_timeout,
+                    help="seconds a request waits for its model to load before a 503 with Retry-After (the load goes on)")
     n = p.add_argument_group("network")
     n.add_argument("--bind", default=d.bind, help="ZeroMQ endpoint to bind; loopback by default because the port is a trust boundary")
     n.add_argument("--name", default=None, help="worker id shown to gateways (default: host-pid)")
@@ -111,14 +126,6 @@ def _json_object(text: str) -> dict:
     return value
 
 
-def _tokenizer_hash(tokenizer: Any) -> str:
-    h = hashlib.sha256()
-    h.update(str(len(tokenizer.get_vocab())).encode())
-    h.update((getattr(tokenizer, "chat_template", None) or "").encode())
-    h.update(repr(sorted(tokenizer.eos_token_ids)).encode())
-    return h.hexdigest()[:16]
-
-
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     configure_logging(args.log_level, args.log_format)
@@ -134,6 +141,10 @@ def main(argv: list[str] | None = None) -> None:
 
     from .transport import Transport
 
+    models_dir = Path(args.models_dir).expanduser() if args.models_dir else None
+    if models_dir is not None and not models_dir.is_dir():
+        print(f"kmlx-worker: --models-dir {models_dir} is not a folder", file=sys.stderr)
+        raise SystemExit(2)
     inbox: queue.Queue[InboxItem] = queue.Queue()
     try:
         transport = Transport(args.bind, inbox)
@@ -141,25 +152,78 @@ def main(argv: list[str] | None = None) -> None:
         print(f"kmlx-worker: cannot bind {args.bind}: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
     log.info("listening on %s", transport.endpoint)
-    t0 = time.perf_counter()
-    try:
-        loaded = load_model(args.model, vision=args.vision, weights=args.weights)
-    except ModelLoadError as exc:
-        print(f"kmlx-worker: {exc}", file=sys.stderr)
-        transport.close("model load failed")
-        raise SystemExit(2) from None
+    loaded = None
+    if models_dir is None or args.model:
+        t0 = time.perf_counter()
+        try:
+            spec = args.model if models_dir is None else _model_in_dir(models_dir, args.model)
+            loaded = load_model(spec, vision=args.vision, weights=args.weights)
+        except ModelLoadError as exc:
+            print(f"kmlx-worker: {exc}", file=sys.stderr)
+            transport.close("model load failed")
+            raise SystemExit(2) from None
+        log.info(
+            "loaded %s (%s weights, context %d) from %s in %.2fs",
+            loaded.model_id, loaded.weights, loaded.context_length, loaded.path, time.perf_counter() - t0,
+        )
     adopt_library_loggers()
-    log.info(
-        "loaded %s (%s weights, context %d) from %s in %.2fs",
-        loaded.model_id, loaded.weights, loaded.context_length, loaded.path, time.perf_counter() - t0,
+    serve(args, loaded, transport, inbox, models_dir)
+
+
+def _model_in_dir(models_dir: Path, model_id: str) -> str:
+    from .model_catalog import scan
+    from .models import ModelLoadError
+
+    entries = scan(models_dir)
+    if model_id not in entries:
+        names = ", ".join(sorted(entries)) or "none"
+        raise ModelLoadError(f"-m {model_id!r} is not in --models-dir {models_dir} (it has: {names})")
+    return str(entries[model_id].path)
+
+
+def _physical_memory() -> int:
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return 0
+
+
+def _model_host(args: argparse.Namespace, models_dir: Path | None, wake: Callable[[], None],
+                announce: Callable[[list[ModelInfo]], None]) -> ModelHost:
+    from .model_catalog import scan
+    from .model_host import ModelHost, ResidencyLimits
+    from .model_loader import ModelLoader
+    from .model_setup import build_scheduler
+    from .models import load_model
+
+    def build(loaded: LoadedModel) -> tuple[Scheduler, str]:
+        scheduler, token_hash = build_scheduler(args, loaded, per_model_dirs=models_dir is not None)
+        scheduler.set_wake(wake)  # the prompt (and media) threads wake an idle compute loop when a job is done
+        return scheduler, token_hash
+
+    if models_dir is None:
+        return ModelHost(build=build, on_change=announce)
+    max_gb = args.max_loaded_gb if args.max_loaded_gb is not None else _physical_memory() / 2 / 2**30
+    limits = ResidencyLimits(
+        max_models=args.max_loaded_models,
+        max_bytes=int(max_gb * 2**30),
+        idle_unload_seconds=args.idle_unload_seconds,
+        load_timeout=args.model_load_timeout,
     )
-    serve(args, loaded, transport, inbox)
+    log.info("models on demand from %s: at most %s model(s), %.1f GiB; idle unload %s", models_dir,
+             args.max_loaded_models or "any number of", max_gb,
+             f"after {args.idle_unload_seconds:.0f} s" if args.idle_unload_seconds else "off")
+    host: ModelHost | None = None
 
+    def load(model_id: str) -> LoadedModel:
+        assert host is not None
+        loaded = load_model(host.spec(model_id), vision=args.vision, weights=args.weights)
+        loaded.model_id = model_id  # the catalog's name (a symlinked folder resolves to another)
+        return loaded
 
-def _default_prefill_chunk() -> int:
-    import mlx.core as mx
-
-    return DEFAULTS.prefill_chunk_gpu if mx.default_device() == mx.gpu else DEFAULTS.prefill_chunk_cpu
+    host = ModelHost(build=build, limits=limits, loader=ModelLoader(load, wake), catalog=lambda: scan(models_dir),
+                     on_change=announce)
+    return host
 
 
 def _warms_up(setting: str) -> bool:
@@ -168,104 +232,57 @@ def _warms_up(setting: str) -> bool:
     return setting == "on" or (setting == "auto" and mx.default_device() == mx.gpu)
 
 
-def _kv_manager(args: argparse.Namespace, loaded: LoadedModel, tokenizer_hash: str) -> PromptCacheManager | None:
-    from pathlib import Path
-
-    from .kv.conversations import ConversationLimits
-    from .kv.manager import KVConfig, PromptCacheManager
-
-    if args.disable_kv_cache:
-        return None
-    limits = ConversationLimits(
-        max_tokens=min(args.conversation_kv_max_tokens, loaded.context_length),
-        max_conversations=args.conversation_max_convs,
-        ttl_seconds=args.conversation_ttl_seconds,
-        max_bytes=int(args.conversation_max_gb * (1 << 30)),
-        snapshots=args.conversation_snapshots,
-    )
-    config = KVConfig(
-        enabled=True,
-        prefix_enabled=args.enable_prefix_caching,
-        prefix_dir=Path(args.prompt_cache_dir),
-        prefix_disk_max_bytes=int(args.prompt_cache_disk_max_gb * (1 << 30)),
-        kv_bits=args.kv_bits,
-        kv_group_size=args.kv_group_size,
-        disk_dir=Path(args.conversation_disk_dir),
-        disk_max_bytes=int(args.conversation_disk_max_gb * (1 << 30)),
-        limits=limits,
-    )
-    return PromptCacheManager(config, model_id=loaded.model_id, tokenizer_hash=tokenizer_hash)
-
-
-def _sampling_defaults(args: argparse.Namespace, loaded: LoadedModel) -> SamplingDefaults:
-    from .generation_config import build_defaults, flag_names
-    from .models.default import published_sampling
-
-    defaults = build_defaults(
-        loaded.path,
-        use_model=args.generation_config == "auto",
-        published=published_sampling(loaded.path),
-        flags={name: getattr(args, f"default_{name}") for name in flag_names()},
-    )
-    log.info("sampling defaults: %s", defaults.describe())
-    return defaults
-
-
-def serve(args: argparse.Namespace, loaded: LoadedModel, transport: Transport, inbox: queue.Queue[InboxItem]) -> None:
+def serve(args: argparse.Namespace, loaded: LoadedModel | None, transport: Transport, inbox: queue.Queue[InboxItem],
+          models_dir: Path | None = None) -> None:
     # The IO thread must get the GIL quickly when a step's outputs are ready;
     # Python's default 5 ms switch interval would delay every token's send.
     sys.setswitchinterval(0.0005)
     from .engine import Engine
-    from .scheduler import Scheduler, SchedulerLimits
+    from .kv.manager import KVConfigError
     from .transport import Wake
     from .watchdog import Watchdog
 
-    limits = SchedulerLimits(
-        max_running=args.max_running,
-        max_queued=args.max_queued,
-        prefill_chunk=args.prefill_chunk or _default_prefill_chunk(),
-        default_max_tokens=args.default_max_tokens,
-        max_tokens_limit=args.max_tokens_limit,
-    )
-    tokenizer_hash = _tokenizer_hash(loaded.tokenizer)
-    scheduler_cls, model = Scheduler, loaded.model
-    if loaded.is_vision:  # images/video beside text in the same batch (docs/vision.md)
-        scheduler_cls = vision_scheduler(loaded, args)
-    from .kv.manager import KVConfigError
+    worker_id = args.name or f"{socket.gethostname()}-{os.getpid()}"
 
+    def wake() -> None:  # a load finished, or a prompt/media job: wake an idle compute loop
+        inbox.put(Wake("job done"))
+
+    def announce(models: list[ModelInfo]) -> None:
+        """Tell every gateway; new handshakes get the new list too."""
+        if getattr(transport, "info", None) is not None:  # not before the transport serves
+            transport.info = msgspec.structs.replace(transport.info, models=models)
+            transport.send(None, ModelsChanged(worker_id=worker_id, models=models))
+
+    host = _model_host(args, models_dir, wake, announce)
     try:
-        scheduler = scheduler_cls(
-            model,
-            loaded.tokenizer,
-            model_id=loaded.model_id,
-            context_length=loaded.context_length,
-            limits=limits,
-            kv=_kv_manager(args, loaded, tokenizer_hash),
-            sampling_defaults=_sampling_defaults(args, loaded),
-            template_defaults=args.chat_template_kwargs,
-            grammar_cache_size=args.grammar_cache_size,
-        )
+        default = host.add_loaded(loaded, pinned=models_dir is None) if loaded is not None else None
     except KVConfigError as exc:  # e.g. --kv-group-size that does not divide the head size
         print(f"kmlx-worker: {exc}", file=sys.stderr)
+        transport.close("bad configuration")
         raise SystemExit(2) from None
     info = WorkerInfo(
         protocol_version=PROTOCOL_VERSION,
-        worker_id=args.name or f"{socket.gethostname()}-{os.getpid()}",
-        model_id=loaded.model_id,
+        worker_id=worker_id,
+        model_id=default.model_id if default else "",
         created=int(time.time()),
-        context_length=loaded.context_length,
-        capabilities=["chat"] + (["vision"] if loaded.is_vision else []),
+        context_length=default.context_length if default else 0,
+        capabilities=default.capabilities if default else ["chat"],
         max_running=args.max_running,
         max_queued=args.max_queued,
+        models=host.infos(),
     )
-    if _warms_up(args.warm_up):  # before transport.start: no gateway counts this worker ready until it is done
-        log.info("warming up (prefill chunk %d, up to %d sequences)", limits.prefill_chunk, limits.max_running)
+    if default is not None and _warms_up(args.warm_up):
+        # Before transport.start: no gateway counts this worker ready until it
+        # is done. Models loaded on demand later skip it: on the compute thread
+        # it would pause the models already serving.
+        scheduler = default.scheduler
+        log.info("warming up (prefill chunk %d, up to %d sequences)", scheduler.limits.prefill_chunk,
+                 scheduler.limits.max_running)
         log.info("warmed up in %.2fs", scheduler.warm_up())
-    engine = Engine(scheduler, transport, inbox)
-    # The prompt (and media) threads wake an idle compute loop when a job is done.
-    scheduler.set_wake(lambda: inbox.put(Wake("job done")))
+    engine = Engine(host, transport, inbox)
     transport.start(info)
-    log.info("worker %s serving %s on %s", info.worker_id, info.model_id, transport.endpoint)
+    served = info.model_id or f"{len(info.models)} model(s) from {models_dir}"
+    log.info("worker %s serving %s on %s", info.worker_id, served, transport.endpoint)
 
     watchdog = Watchdog(
         engine.progress,
@@ -287,9 +304,8 @@ def serve(args: argparse.Namespace, loaded: LoadedModel, transport: Transport, i
     finally:
         watchdog.loop_returned()  # the rest of the shutdown is bounded too
         engine.abort_all()
-        if scheduler.kv is not None and reason == "shutdown":
-            saved = scheduler.kv.save_all()  # a restart resumes these (loaded lazily)
-            log.info("saved %d conversation cache(s) for the next start", saved)
+        if reason == "shutdown":
+            host.close()  # saves conversation caches: a restart resumes them (loaded lazily)
         transport.close(reason)
         watchdog.close()
         log.info("worker stopped (%s)", reason)

@@ -22,6 +22,11 @@ class WorkerConfig:
     bind: str = DEFAULT_WORKER_ENDPOINT  # loopback: the port is a trust boundary
     # model
     weights: str = "auto"
+    # models on demand, with --models-dir (docs/models.md)
+    max_loaded_models: int = 0  # models in memory at once (0: no limit)
+    max_loaded_gb: float | None = None  # their weights together (None: half of the machine's memory)
+    idle_unload_seconds: float = 0.0  # unload a model unused this long (0: never)
+    model_load_timeout: float = 300.0  # a request waits this long for its model, then 503 + Retry-After
     # scheduling
     max_running: int = 16  # sequences decoded together
     max_queued: int = 64  # admitted but not yet decoding; more are refused (503)

@@ -5,8 +5,10 @@ worker's media thread also uses MLX, for decoding inputs and, optionally,
 the vision tower, on its own stream: worker/vision/media_thread.py).
 
 Each turn of the loop drains the inbox (new requests, aborts, control calls,
-vanished gateways), runs one scheduler step, and sends that step's outputs
-batched per gateway: one message per step per gateway, not one per token.
+vanished gateways), lets the model host swap in finished loads (and time out
+requests waiting for one), runs one step of every model that has work, and
+sends that step's outputs batched per gateway: one message per step per
+gateway, not one per token.
 """
 
 from __future__ import annotations
@@ -18,12 +20,15 @@ from collections import defaultdict
 from collections.abc import Callable
 from typing import Any
 
+import msgspec
+
 from protocol.messages import (
     Abort,
     ChatRequest,
     ControlCall,
     ControlReply,
     ErrorInfo,
+    ModelInfo,
     RequestOutput,
     StepOutputs,
     WorkerLoad,
@@ -31,7 +36,7 @@ from protocol.messages import (
 
 from . import failpoints
 from .kv.manager import ControlError
-from .scheduler import Scheduler
+from .model_host import ModelHost
 from .sequence import rejection
 from .tokenize_calls import detokenize, tokenize
 from .transport import GatewayGone, InboxItem, Transport, Wake
@@ -43,8 +48,8 @@ ControlHandler = Callable[[dict[str, Any]], dict[str, Any]]
 
 
 class Engine:
-    def __init__(self, scheduler: Scheduler, transport: Transport, inbox: queue.Queue[InboxItem]):
-        self.scheduler = scheduler
+    def __init__(self, host: ModelHost, transport: Transport, inbox: queue.Queue[InboxItem]):
+        self.host = host
         self.transport = transport
         self.inbox = inbox
         self.progress = Progress()  # read by the watchdog (worker/watchdog.py)
@@ -57,34 +62,37 @@ class Engine:
         self.controls: dict[str, ControlHandler] = {
             "ping": lambda _args: {},  # answered by this loop: proof it runs; the reply carries the load
             "stats": lambda _args: self.stats(),
-            "tokenize": lambda args: tokenize(self.scheduler, args),
-            "detokenize": lambda args: detokenize(self.scheduler, args),
+            "tokenize": lambda args: tokenize(self.host.scheduler_for(args.get("model")), args),
+            "detokenize": lambda args: detokenize(self.host.scheduler_for(args.get("model")), args),
+            "conv_save": lambda args: self._kv(args).save(args),
+            "conv_load": lambda args: self._kv(args).load(args),
+            "conv_stats": lambda args: self._kv(args).stats(args),
+            "conv_delete": lambda args: self._kv(args).delete(args),
+            "model_unload": lambda args: msgspec.to_builtins(self.host.unload(str(args.get("model", "")))),
         }
-        kv = scheduler.kv
-        if kv is not None:
-            self.controls.update(
-                conv_save=kv.save, conv_load=kv.load, conv_stats=kv.stats, conv_delete=kv.delete
-            )
 
     # ------------------------------------------------------------------ #
     def run(self) -> None:
         progress = self.progress
         while not self._stop:
             progress.mark("waiting for work")
-            self._drain_inbox(block=not self.scheduler.has_work)
-            if self.scheduler.has_work:
+            self._drain_inbox(block=not self.host.has_work)
+            progress.mark("swapping in loaded models")
+            for out in self.host.poll(time.monotonic()):
+                self._queue(out)
+            if self.host.has_work:
                 progress.mark("a batch step")
                 try:
                     failpoints.hit("compute_step")
-                    outputs = self.scheduler.step()
+                    outputs = self.host.step()
                 except Exception as exc:  # a model failure must not hang every client
                     log.exception("compute step failed")
                     outputs = self._fail_all(f"the worker failed while generating: {exc}")
                 for out in outputs:
                     self._queue(out)
-                self._expire_deadlines()
+            self._expire_deadlines()
             self._flush()
-            if self._draining and not self.scheduler.has_work and not self.scheduler.waiting:  # none still rendering
+            if self._draining and self.host.idle:  # nothing running, waiting, rendering or loading
                 return
 
     def stop(self, *, drain: bool) -> None:
@@ -102,30 +110,30 @@ class Engine:
     def abort_all(self) -> None:
         """End every request still open (shutdown): each gets its final output."""
         for rid in list(self._owner):
-            out = self.scheduler.abort(rid)
+            out = self.host.abort(rid)
             if out is not None:
                 self._queue(out)
         self._flush()
 
     def stats(self) -> dict[str, Any]:
-        c = self.scheduler.counters
+        """The worker's counters: summed over its models (one model's own in ``models``)."""
+        per_model = {h.model_id: _scheduler_stats(h.scheduler) for h in self.host.loaded}
+        load = self._load()
+        totals = {key: sum(m[key] for m in per_model.values()) for key in _COUNTERS}
+        default = self.host.models.get(self.host.default or "")
+        kv = default.scheduler.kv if default is not None and default.scheduler is not None else None
         return {
             "worker_id": self.transport.info.worker_id,
             "model": self.transport.info.model_id,
             "uptime_seconds": round(time.time() - self.start_time, 1),
-            "running": self.scheduler.running,
-            "waiting": self.scheduler.waiting,
-            "kv_tokens": self.scheduler.kv_tokens(),
-            "admitted": c.admitted,
-            "rejected": c.rejected,
-            "finished": c.finished,
-            "aborted": c.aborted,
-            "errors": c.errors,
-            "prompt_tokens": c.prompt_tokens,
-            "generation_tokens": c.generation_tokens,
-            "steps": c.steps,
+            "running": load.running,
+            "waiting": load.waiting,
+            "kv_tokens": load.kv_tokens,
+            **totals,
+            "steps": load.steps,
             "draining": self._draining,
-            "kv_cache": self.scheduler.kv.summary() if self.scheduler.kv else {"enabled": False},
+            "kv_cache": kv.summary() if kv else {"enabled": False},
+            "models": {h.model_id: {"state": h.state, **per_model.get(h.model_id, {})} for h in self.host.models.values()},
         }
 
     # ------------------------------------------------------------------ #
@@ -152,11 +160,11 @@ class Engine:
                 self._queue(failed)
             return
         if isinstance(item, GatewayGone):
-            orphans = self.scheduler.sequences_of(item.gateway)
+            orphans = self.host.sequences_of(item.gateway)
             if orphans:
                 log.info("gateway went away: aborting %d orphaned request(s)", len(orphans))
             for rid in orphans:
-                self.scheduler.abort(rid)
+                self.host.abort(rid)
                 self._owner.pop(rid, None)
             self._pending.pop(item.gateway, None)
             return
@@ -172,8 +180,8 @@ class Engine:
                 return
             self._owner[msg.request_id] = gateway
             self.progress.mark("admitting a request")
-            out = self.scheduler.admit(gateway, msg)
-            if out is None:  # a vision request: its first output comes from a later step
+            out = self.host.admit(gateway, msg, time.monotonic())
+            if out is None:  # waiting for its model to load, its prompt to render, or its media
                 return
             if out.finish_reason is None:
                 log.debug("request %s admitted", msg.request_id, extra={"fields": {
@@ -183,12 +191,34 @@ class Engine:
             self._queue(out)
         elif isinstance(msg, Abort):
             for rid in msg.request_ids:
-                aborted = self.scheduler.abort(rid)
+                aborted = self.host.abort(rid)
                 if aborted is not None:
                     self._queue(aborted)
+        elif isinstance(msg, ControlCall) and msg.method == "model_load":
+            self._load_model(gateway, msg)
         elif isinstance(msg, ControlCall):
             self.progress.mark(f"control call {msg.method}")
             self._send_now(gateway, self._control(msg))
+
+    def _load_model(self, gateway: bytes, call: ControlCall) -> None:
+        """Answered when the load is done (or failed), not now: a load takes a while."""
+
+        def reply(result: ModelInfo | ErrorInfo) -> None:
+            if isinstance(result, ErrorInfo):
+                self._send_now(gateway, ControlReply(call.call_id, ok=False, error=result))
+            else:
+                self._send_now(gateway, ControlReply(call.call_id, result=msgspec.to_builtins(result)))
+
+        try:
+            self.host.request_load(str(call.args.get("model", "")), reply)
+        except LookupError as exc:
+            reply(ErrorInfo(str(exc), code="model_not_found", param="model", status=404))
+
+    def _kv(self, args: dict[str, Any]) -> Any:
+        kv = self.host.scheduler_for(args.get("model")).kv
+        if kv is None:
+            raise ControlError("conversation caching is disabled on this worker", code="kv_disabled", status=404)
+        return kv
 
     def _control(self, call: ControlCall) -> ControlReply:
         handler = self.controls.get(call.method)
@@ -210,9 +240,9 @@ class Engine:
             return ControlReply(call.call_id, ok=False, error=ErrorInfo(str(exc), type="server_error", status=500))
 
     def _expire_deadlines(self) -> None:
-        for rid in self.scheduler.expired(time.time()):
+        for rid in self.host.expired(time.time()):
             err = ErrorInfo("request deadline exceeded", type="timeout_error", code="deadline_exceeded", status=504)
-            out = self.scheduler.abort(rid, error=err)
+            out = self.host.abort(rid, error=err)
             if out is not None:
                 self._queue(out)
 
@@ -220,7 +250,7 @@ class Engine:
         err = ErrorInfo(message, type="server_error", code=code, status=status)
         outs = []
         for rid in list(self._owner):
-            out = self.scheduler.abort(rid, error=err)
+            out = self.host.abort(rid, error=err)
             if out is not None:
                 outs.append(out)
         return outs
@@ -248,8 +278,17 @@ class Engine:
         self.transport.send(gateway, msg)
 
     def _load(self) -> WorkerLoad:
-        s = self.scheduler
-        return WorkerLoad(running=s.running, waiting=s.waiting, kv_tokens=s.kv_tokens(), steps=s.counters.steps)
+        running, waiting, kv_tokens, steps = self.host.counters()
+        return WorkerLoad(running=running, waiting=waiting, kv_tokens=kv_tokens, steps=steps)
+
+
+_COUNTERS = ("admitted", "rejected", "finished", "aborted", "errors", "prompt_tokens", "generation_tokens")
+
+
+def _scheduler_stats(scheduler: Any) -> dict[str, Any]:
+    c = scheduler.counters
+    return {"running": scheduler.running, "waiting": scheduler.waiting, "kv_tokens": scheduler.kv_tokens(),
+            "steps": c.steps, **{key: getattr(c, key) for key in _COUNTERS}}
 
 
 def _logged(out: RequestOutput) -> RequestOutput:

@@ -80,12 +80,13 @@ def spawn(name: str, args: list[str], log_dir: Path, env: dict[str, str] | None 
 
 
 def start_worker(
-    model: str | Path, log_dir: Path, *, port: int | None = None, args: Sequence[str] = (), name: str = "worker",
-    env: dict[str, str] | None = None,
+    model: str | Path | None, log_dir: Path, *, port: int | None = None, args: Sequence[str] = (),
+    name: str = "worker", env: dict[str, str] | None = None,
 ) -> tuple[Proc, str]:
-    """A worker process and its address. Without ``port`` it binds port 0
-    and the address is the one it reports (it binds before loading the
-    model, so this returns quickly)."""
+    """A worker process on ``model`` (None: no -m, e.g. with --models-dir in
+    ``args``) and its address. Without ``port`` it binds port 0 and the
+    address is the one it reports (it binds before loading the model, so
+    this returns quickly)."""
     args = list(args)
     bind = f"tcp://127.0.0.1:{port or 0}"
     # Caches on disk are private to the test run unless a test picks the dirs;
@@ -95,7 +96,8 @@ def start_worker(
         args += ["--prompt-cache-dir", str(cache_root / "prefix")]
     if "--conversation-disk-dir" not in args:
         args += ["--conversation-disk-dir", str(cache_root / "conversations")]
-    proc = spawn(name, ["-m", "worker", "-m", str(model), "--bind", bind, "--name", name, *args], log_dir, env)
+    model_args = ["-m", str(model)] if model is not None else []
+    proc = spawn(name, ["-m", "worker", *model_args, "--bind", bind, "--name", name, *args], log_dir, env)
     address = bind if port else reported(proc, r"listening on (tcp://127\.0\.0\.1:\d+)")
     _CACHE_ROOTS[address] = cache_root
     return proc, address

@@ -154,6 +154,11 @@ def _leaves(model: Any) -> list[tuple[str, Any]]:
     return cast("list[tuple[str, Any]]", tree_flatten(model.parameters()))
 
 
+def weights_bytes(model: Any) -> int:
+    """Bytes of the model's parameters as they are in memory."""
+    return sum(value.nbytes for _, value in _leaves(model))
+
+
 def float32_bytes(model: Any) -> int:
     bits = quantized_bits(model)
     total = 0
