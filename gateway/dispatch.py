@@ -29,7 +29,7 @@ from protocol.messages import CacheDecision, ChatRequest, ErrorInfo, RequestOutp
 
 from .errors import APIError
 from .output_stream import OutputStream
-from .pool import NoWorkerAvailable, PoolFull, WorkerPool
+from .pool import NoWorkerAvailable, PoolFull, UnknownModel, WorkerPool
 from .request_log import RequestRecord
 from .worker_client import WorkerClient, WorkerUnavailable
 
@@ -142,9 +142,16 @@ async def generate(request: Request, job: Generation, make_reply: Callable[[Admi
     arrived = time.perf_counter()
     rec: RequestRecord = request.app.state.request_log.record(request)
     while True:
-        worker, model_id, stream, first = await _start(pool, job, affinity, tried, arrived, retry_error, rec=rec)
+        worker, model_id, stream, first = await _start(pool, job, affinity, tried, arrived, retry_error, rec=rec,
+                                                       wait_for_load=not job.stream)
         rec.submitted(wire, worker_id=worker.worker_id, model=model_id)
         headers = response_headers(wire.request_id, wire.conversation_id, first, worker.worker_id)
+        if first is None:  # streaming, and its model is still loading: the client hears keep-alives meanwhile
+            return StreamingResponse(
+                _sse_after_load(worker, model_id, stream, job, make_reply, arrived, keep_alive, rec),
+                media_type="text/event-stream",
+                headers={**headers, "Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+            )
         admitted = Admitted(wire.request_id, model_id, wire.conversation_id or "", first, int(time.time()))
         relay = _Relay(worker, admitted, make_reply(admitted), arrived, wire.deadline, rec=rec, params=job.params)
         if job.stream:
@@ -165,7 +172,8 @@ async def generate(request: Request, job: Generation, make_reply: Callable[[Admi
 def error_from(out: RequestOutput, params: dict[str, str] | None = None) -> APIError:
     e = out.error
     assert e is not None
-    headers = {"Retry-After": "1"} if e.status == 503 else None
+    # A model still loading takes longer to be ready than a full queue.
+    headers = {"Retry-After": "10" if e.code == "model_loading" else "1"} if e.status == 503 else None
     return APIError(e.status, e.message, type=e.type, param=rename_param(e.param, params or {}), code=e.code, headers=headers)
 
 
@@ -180,6 +188,42 @@ def rename_param(param: str | None, params: dict[str, str]) -> str | None:
     return params[head] if param != head else params[param]
 
 
+async def _sse_after_load(
+    worker: WorkerClient, model_id: str, stream: OutputStream, job: Generation, make_reply: Callable[[Admitted], Reply],
+    arrived: float, keep_alive: float, rec: RequestRecord,
+) -> AsyncIterator[bytes]:
+    """An SSE stream whose request waits for its model to load: keep-alive
+    comments until the worker admits it (or refuses it: an error event then,
+    as the status line is already sent), then the stream as usual."""
+    wire = job.wire
+    waiting = make_reply(Admitted(wire.request_id, model_id, wire.conversation_id or "",
+                                  RequestOutput(wire.request_id), int(time.time())))
+    try:
+        while (first := await stream.get(keep_alive)) is None:
+            if wire.deadline is not None and time.time() > wire.deadline + _DEADLINE_GRACE:
+                late = ErrorInfo("request deadline exceeded while its model loaded", type="timeout_error",
+                                 code="deadline_exceeded", status=504)
+                first = RequestOutput(wire.request_id, finish_reason="error", error=late, usage=Usage())
+                worker.abort_nowait(wire.request_id)
+                break
+            yield waiting.keep_alive()
+    except BaseException:  # the client left while it waited
+        worker.abort_nowait(wire.request_id)
+        raise
+    if first.finish_reason == "error":
+        worker.release(wire.request_id)
+        err = error_from(first, job.params)
+        rec.finished(request_id=wire.request_id, conversation_id=wire.conversation_id or "", worker_id=worker.worker_id,
+                     model=model_id, out=first, arrived=arrived, status=err.status, refused=True)
+        for chunk in (*waiting.open(), *waiting.fail(err)):
+            yield chunk
+        return
+    admitted = Admitted(wire.request_id, model_id, wire.conversation_id or "", first, int(time.time()))
+    relay = _Relay(worker, admitted, make_reply(admitted), arrived, wire.deadline, rec=rec, params=job.params)
+    async for chunk in relay.sse(stream, keep_alive):
+        yield chunk
+
+
 async def _start(
     pool: WorkerPool,
     job: Generation,
@@ -189,11 +233,14 @@ async def _start(
     last: APIError | None = None,
     *,
     rec: RequestRecord,
-) -> tuple[WorkerClient, str, OutputStream, RequestOutput]:
+    wait_for_load: bool = True,
+) -> tuple[WorkerClient, str, OutputStream, RequestOutput | None]:
     """Choose a worker, send the request and wait for its first output (the
     worker's admission). A worker that is down, full or draining is skipped
     for the next choice: nothing has reached the client yet. ``last``: the
-    error to answer with if no other worker is left."""
+    error to answer with if no other worker is left. Without
+    ``wait_for_load``, a request whose model is not in the chosen worker's
+    memory yet returns at once, with no first output."""
     wire = job.wire
     while True:
         try:
@@ -203,23 +250,28 @@ async def _start(
         except PoolFull as exc:
             # Refused before any expensive work (tokenizing, prefill).
             raise last or APIError(503, str(exc), code="queue_full", headers={"Retry-After": "1"}) from None
-        info = worker.state.info
-        assert info is not None
+        except UnknownModel as exc:
+            raise APIError(404, str(exc), param="model", code="model_not_found") from None
+        served = worker.model(model_id)
+        context = served.context_length if served is not None else 0  # 0: not known before its first load
         budget = wire.sampling.max_tokens
-        if budget is not None and budget > info.context_length:
+        if budget is not None and context and budget > context:
             name = job.params.get("max_tokens", "max_tokens")
             raise APIError(
                 400,
-                f"{name} is {budget}, but this model's context is {info.context_length} tokens",
+                f"{name} is {budget}, but this model's context is {context} tokens",
                 param=name,
                 code="invalid_value",
             )
+        wire.model = model_id
         try:
             stream = await worker.submit(wire)
         except WorkerUnavailable as exc:
             tried.append(worker)
             last = APIError(503, f"worker unavailable: {exc}", code="worker_unavailable", headers={"Retry-After": "2"})
             continue
+        if not wait_for_load and served is not None and served.state != "loaded":
+            return worker, model_id, stream, None
         try:
             first = await _first_output(stream, wire.deadline)
         except BaseException:  # cancelled, or the deadline passed with no admission

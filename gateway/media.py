@@ -285,14 +285,14 @@ async def wire_messages_with_media(
     params = media_params(messages, names)
     if not params:
         return messages
-    from .pool import NoWorkerAvailable
+    from .pool import NoWorkerAvailable, UnknownModel
 
     try:
         model_id = pool.resolve_model(body.model)
-    except NoWorkerAvailable:
-        model_id = None  # routing answers 503 next; nothing to check against
+    except (NoWorkerAvailable, UnknownModel):
+        model_id = None  # routing answers 503 or 404 next; nothing to check against
     if model_id is not None:
-        caps = [list(w.state.info.capabilities) for w in pool.workers
-                if w.state.info is not None and w.state.info.model_id == model_id]
+        # Capabilities are known once a model has been loaded (none yet: the worker decides).
+        caps = [list(m.capabilities) for w in pool.workers for m in w.models() if m.id == model_id and m.capabilities]
         check_vision_capable(caps, model_id, params)
     return await resolve_media(messages, config.media, max_bytes=config.ops.max_image_bytes, names=names)

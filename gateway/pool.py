@@ -1,8 +1,11 @@
 """The set of workers behind this gateway, and which one serves a request.
 
 Membership is static (``--worker`` flags or a workers file); health is
-dynamic (each ``WorkerClient`` marks itself ready or down). Requests route
-by ``model`` first, then by the rule in ``gateway/routing.py``.
+dynamic (each ``WorkerClient`` marks itself ready or down), and so is what
+each worker serves: a ``--models-dir`` worker lists every model it can load,
+and says when one is loaded or unloaded. Requests route by ``model`` first
+(to the workers that hold it in memory, else to the one that should load
+it), then by the rule in ``gateway/routing.py``.
 """
 
 from __future__ import annotations
@@ -10,6 +13,8 @@ from __future__ import annotations
 import itertools
 import logging
 from collections.abc import Iterable
+
+from protocol.messages import ModelInfo
 
 from .config import GatewayConfig, WorkerSpec
 from .routing import Candidate, pick, rendezvous_order
@@ -24,6 +29,10 @@ class NoWorkerAvailable(Exception):
 
 class PoolFull(Exception):
     """Every ready worker of the model has a full queue (503 + Retry-After)."""
+
+
+class UnknownModel(LookupError):
+    """No worker serves this model, and none has a model loaded to stand in (404)."""
 
 
 class WorkerPool:
@@ -73,12 +82,14 @@ class WorkerPool:
     def ready(self) -> list[WorkerClient]:
         return [w for w in self.workers if w.ready]
 
-    def models(self) -> dict[str, WorkerClient]:
-        """Served model ids, each with one ready worker that describes it."""
-        out: dict[str, WorkerClient] = {}
+    def models(self) -> dict[str, tuple[WorkerClient, ModelInfo]]:
+        """Every model the ready workers serve, each with one worker that
+        describes it (one that has it loaded, when any does)."""
+        out: dict[str, tuple[WorkerClient, ModelInfo]] = {}
         for w in self.ready:
-            assert w.state.info is not None
-            out.setdefault(w.state.info.model_id, w)
+            for m in w.models():
+                if m.id not in out or (m.state == "loaded" and out[m.id][1].state != "loaded"):
+                    out[m.id] = (w, m)
         return out
 
     def resolve_model(self, model: str | None) -> str:
@@ -86,23 +97,34 @@ class WorkerPool:
 
         A model some worker serves (or served before it went down) is
         honoured; anything else (clients often send a placeholder such as
-        "gpt-4") maps to the first ready worker's model, as single-model
-        kamiwaza-mlx did.
+        "gpt-4") maps to a model loaded on the first ready worker, as
+        single-model kamiwaza-mlx did. With nothing loaded anywhere (a
+        models dir nobody has used yet) an unknown name is a 404.
         """
-        known = {w.state.info.model_id for w in self.workers if w.state.info is not None}
+        known = {m.id for w in self.workers for m in w.models()}
         if model in known:
             return model
         ready = self.ready
         if not ready:
             raise NoWorkerAvailable(self._why_none())
-        fallback = ready[0].state.info.model_id  # type: ignore[union-attr]
+        fallback = next((m.id for w in ready for m in w.models() if m.state == "loaded"), None)
+        if fallback is None:
+            served = ", ".join(sorted(known)) or "none"
+            raise UnknownModel(f"The model '{model}' is not served here (served: {served})")
         if model:
             log.warning("model %r is not served here; using %s", model, fallback)
         return fallback
 
     def serving(self, model_id: str) -> list[WorkerClient]:
-        """Ready workers of one model, in configuration order."""
-        return [w for w in self.workers if w.ready and w.state.info is not None and w.state.info.model_id == model_id]
+        """Ready workers that can serve one model, in configuration order:
+        the ones that have it in memory (or are loading it), if any; else all."""
+        able = [w for w in self.workers if w.ready and w.model(model_id) is not None]
+        warm = [w for w in able if w.model(model_id).state in ("loaded", "loading")]  # type: ignore[union-attr]
+        if warm or len(able) < 2:
+            return warm or able
+        # Nobody has it: the worker every gateway would pick (rendezvous on the
+        # model id) loads it, so two gateways do not load it twice.
+        return [able[rendezvous_order(model_id, [w.worker_id for w in able])[0]]]
 
     def choose(
         self, model: str | None, conversation_id: str | None, *, exclude: Iterable[WorkerClient] = ()
@@ -120,6 +142,8 @@ class WorkerPool:
         model_id = self.resolve_model(model)
         skip = set(map(id, exclude))
         workers = [w for w in self.serving(model_id) if id(w) not in skip]
+        if not workers:  # the one chosen to load it failed this request: any other may load it
+            workers = [w for w in self.workers if w.ready and w.model(model_id) is not None and id(w) not in skip]
         if not workers:
             raise NoWorkerAvailable(f"no worker for model {model_id} is ready ({self._why_none(model_id)})")
         full = [w.queue_full() for w in workers]
@@ -146,5 +170,5 @@ class WorkerPool:
         return workers[rendezvous_order(conversation_id, [w.worker_id for w in workers])[0]], model_id
 
     def _why_none(self, model_id: str | None = None) -> str:
-        ws = [w for w in self.workers if model_id is None or (w.state.info and w.state.info.model_id == model_id)]
+        ws = [w for w in self.workers if model_id is None or w.model(model_id) is not None]
         return "; ".join(f"{w.address}: {w.state.reason}" for w in ws) or "none configured"

@@ -23,6 +23,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
+import msgspec
 import zmq
 import zmq.asyncio
 from zmq.utils.monitor import recv_monitor_message
@@ -37,6 +38,8 @@ from protocol.messages import (
     ErrorInfo,
     GoingAway,
     Hello,
+    ModelInfo,
+    ModelsChanged,
     RequestOutput,
     StepOutputs,
     Usage,
@@ -109,6 +112,13 @@ class WorkerClient:
     @property
     def worker_id(self) -> str:
         return self.state.info.worker_id if self.state.info else self.address
+
+    def models(self) -> list[ModelInfo]:
+        """Every model this worker serves, loaded or not (as it last said)."""
+        return list(self.state.info.models) if self.state.info is not None else []
+
+    def model(self, model_id: str) -> ModelInfo | None:
+        return next((m for m in self.models() if m.id == model_id), None)
 
     def queued(self) -> tuple[int, int]:
         """``(requests, prompt tokens)`` waiting on this worker, as far as
@@ -251,6 +261,9 @@ class WorkerClient:
                     fut.set_result(msg)
             elif isinstance(msg, WorkerInfo):
                 self._on_info(msg)
+            elif isinstance(msg, ModelsChanged) and self.state.info is not None:
+                # a model loaded, unloaded or failed: routing and /v1/models follow at once
+                self.state.info = msgspec.structs.replace(self.state.info, models=msg.models)
             elif isinstance(msg, GoingAway):
                 log.warning("worker %s is going away: %s", msg.worker_id, msg.reason)
                 self._mark_down(f"worker went away: {msg.reason}")

@@ -14,7 +14,7 @@ from fastapi import APIRouter, Request
 from ..body import json_object
 from ..conversation import validate_conversation_id
 from ..errors import APIError
-from ..pool import NoWorkerAvailable, WorkerPool
+from ..pool import NoWorkerAvailable, UnknownModel, WorkerPool
 from ..worker_client import WorkerClient, WorkerUnavailable
 
 router = APIRouter(prefix="/v1/conv_kv")
@@ -40,16 +40,19 @@ def _model(value: Any) -> str | None:
     return value or None
 
 
-def _owners(request: Request, conversation_id: str, model: str | None) -> list[WorkerClient]:
+def _owners(request: Request, conversation_id: str, model: str | None) -> tuple[list[WorkerClient], str]:
     """The ready workers of the model, the conversation's own worker first
     (the one its chat turns go to: docs/pool.md), then the others, which
-    hold its KV only if a turn spilled there."""
+    hold its KV only if a turn spilled there; and the served model id
+    (a worker may serve several)."""
     pool: WorkerPool = request.app.state.pool
     try:
         owner, model_id = pool.owner(model, conversation_id)
     except NoWorkerAvailable as exc:
         raise APIError(503, str(exc), code="no_worker", headers={"Retry-After": "2"}) from None
-    return [owner] + [w for w in pool.serving(model_id) if w is not owner]
+    except UnknownModel as exc:
+        raise APIError(404, str(exc), param="model", code="model_not_found") from None
+    return [owner] + [w for w in pool.serving(model_id) if w is not owner], model_id
 
 
 async def _call_first_holder(workers: list[WorkerClient], method: str, args: dict[str, Any]) -> dict[str, Any]:
@@ -85,7 +88,8 @@ async def save(request: Request) -> dict[str, Any]:
     title = data.get("title")
     if title is not None and (not isinstance(title, str) or len(title) > 512):
         raise APIError(400, "title must be a string of at most 512 characters", param="title", code="invalid_value")
-    return await _call_first_holder(_owners(request, conv, _model(data.get("model"))), "conv_save", {"conversation_id": conv, "title": title})
+    workers, model_id = _owners(request, conv, _model(data.get("model")))
+    return await _call_first_holder(workers, "conv_save", {"conversation_id": conv, "title": title, "model": model_id})
 
 
 @router.post("/load")
@@ -93,7 +97,8 @@ async def load(request: Request) -> dict[str, Any]:
     data = await _body(request)
     conv = _conversation_id(data)
     # Loaded into the worker its next turn goes to.
-    return await _call(_owners(request, conv, _model(data.get("model")))[0], "conv_load", {"conversation_id": conv})
+    workers, model_id = _owners(request, conv, _model(data.get("model")))
+    return await _call(workers[0], "conv_load", {"conversation_id": conv, "model": model_id})
 
 
 @router.get("/stats")
@@ -116,6 +121,6 @@ async def stats(request: Request) -> dict[str, Any]:
 async def delete(request: Request, conversation_id: str) -> dict[str, Any]:
     conv = validate_conversation_id(conversation_id, param="conversation_id")
     # Every worker of the model forgets it: a spilled turn may have left a copy.
-    workers = _owners(request, conv, _model(request.query_params.get("model")))
-    results = [await _call(w, "conv_delete", {"conversation_id": conv}) for w in workers]
+    workers, model_id = _owners(request, conv, _model(request.query_params.get("model")))
+    results = [await _call(w, "conv_delete", {"conversation_id": conv, "model": model_id}) for w in workers]
     return next((r for r in results if r.get("status") == "deleted"), results[0])

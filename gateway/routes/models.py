@@ -1,40 +1,89 @@
-"""`GET /v1/models[/{id}]`, `GET /health`, `GET /v1/stats`: what the pool serves and how it is."""
+"""`GET /v1/models[/{id}]`, `POST /v1/models/{id}/load|unload`, `GET /health`,
+`GET /v1/stats`: what the pool serves, what is in memory, and how it is."""
 
 from __future__ import annotations
 
 import asyncio
 from typing import Any
 
+import msgspec
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
+
+from protocol.messages import ModelInfo
 
 from ..errors import APIError
 from ..pool import WorkerPool
 from ..worker_client import WorkerClient, WorkerUnavailable
+
+# A POST .../load answers when the model is in memory; a big GGUF converting
+# on a CPU can take minutes.
+LOAD_TIMEOUT = 1800.0
 
 router = APIRouter()
 
 
 @router.get("/v1/models")
 async def list_models(request: Request) -> dict[str, Any]:
+    """Every model of every ready worker; ``loaded`` says whether one has it in memory."""
     pool: WorkerPool = request.app.state.pool
-    return {"object": "list", "data": [_model_object(model_id, worker) for model_id, worker in pool.models().items()]}
+    return {"object": "list", "data": [_model_object(w, m) for w, m in pool.models().values()]}
+
+
+@router.post("/v1/models/{model_id:path}/load")
+async def load_model(model_id: str, request: Request) -> dict[str, Any]:
+    """Load a model now (into the worker its requests would load it into);
+    answered once it is in memory."""
+    pool: WorkerPool = request.app.state.pool
+    _served(pool, model_id)
+    workers = pool.serving(model_id)
+    if not workers:
+        raise APIError(503, f"no worker for model {model_id} is ready", code="no_worker", headers={"Retry-After": "2"})
+    result = await _control(workers[0], "model_load", model_id, timeout=LOAD_TIMEOUT)
+    return _model_object(workers[0], msgspec.convert(result, ModelInfo))
+
+
+@router.post("/v1/models/{model_id:path}/unload")
+async def unload_model(model_id: str, request: Request) -> dict[str, Any]:
+    """Unload a model from every worker that has it in memory (409 while one is using it)."""
+    pool: WorkerPool = request.app.state.pool
+    worker, info = _served(pool, model_id)
+    for w in [w for w in pool.ready if (m := w.model(model_id)) is not None and m.state == "loaded"]:
+        worker, info = w, msgspec.convert(await _control(w, "model_unload", model_id, timeout=60.0), ModelInfo)
+    return _model_object(worker, info)
 
 
 @router.get("/v1/models/{model_id:path}")
 async def retrieve_model(model_id: str, request: Request) -> dict[str, Any]:
     """One served model (ids may hold slashes: ``mlx-community/...``)."""
-    worker = request.app.state.pool.models().get(model_id)
-    if worker is None:
+    return _model_object(*_served(request.app.state.pool, model_id))
+
+
+def _served(pool: WorkerPool, model_id: str) -> tuple[WorkerClient, ModelInfo]:
+    found = pool.models().get(model_id)
+    if found is None:
         raise APIError(404, f"The model '{model_id}' does not exist or is not served here", type="invalid_request_error",
                        param="model", code="model_not_found")
-    return _model_object(model_id, worker)
+    return found
 
 
-def _model_object(model_id: str, worker: WorkerClient) -> dict[str, Any]:
+async def _control(worker: WorkerClient, method: str, model_id: str, *, timeout: float) -> dict[str, Any]:
+    try:
+        reply = await worker.call(method, {"model": model_id}, timeout=timeout)
+    except WorkerUnavailable as exc:
+        raise APIError(503, f"worker unavailable: {exc}", code="worker_unavailable", headers={"Retry-After": "2"}) from None
+    if not reply.ok:
+        e = reply.error
+        assert e is not None
+        raise APIError(e.status, e.message, type=e.type, param=e.param, code=e.code)
+    return reply.result
+
+
+def _model_object(worker: WorkerClient, model: ModelInfo) -> dict[str, Any]:
     info = worker.state.info
     assert info is not None
-    return {"id": model_id, "object": "model", "created": info.created, "owned_by": "kmlx"}
+    return {"id": model.id, "object": "model", "created": info.created, "owned_by": "kmlx",
+            "loaded": model.state == "loaded"}
 
 
 @router.api_route("/health", methods=["GET", "HEAD"])  # load balancers probe with HEAD
@@ -48,6 +97,7 @@ async def health(request: Request) -> JSONResponse:
             "state": w.state.reason,
             "model": w.state.info.model_id if w.state.info else None,
             "context_length": w.state.info.context_length if w.state.info else None,
+            "models": {m.id: m.state for m in w.models()},
             "inflight": w.state.inflight,
             "load": w.load(),
             "queued_requests": w.queued()[0],
@@ -83,7 +133,12 @@ async def stats(request: Request) -> dict[str, Any]:
     ready = [r for r in results if r["ready"]]
     by_model: dict[str, list[dict[str, Any]]] = {}
     for r in ready:
-        by_model.setdefault(str(r.get("model")), []).append(r)
+        per_model = r.get("models")  # a worker serving several models reports each one
+        if isinstance(per_model, dict) and len(per_model) > 1:
+            for model_id, row in per_model.items():
+                by_model.setdefault(model_id, []).append(row)
+        else:
+            by_model.setdefault(str(r.get("model")), []).append(r)
     return {
         "workers": results,
         "total": sum_counters(ready),
