@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import typer
 
@@ -20,7 +21,9 @@ serve_app = typer.Typer(add_completion=False)
 
 @serve_app.command("serve")
 def serve(
-    model: str = typer.Option(None, "--model", "-m", help="MLX folder, HF repo id, .gguf file (default: the built-in SmolLM2)"),
+    model: str = typer.Option(None, "--model", "-m", help="MLX folder, HF repo id, .gguf file (default: the built-in SmolLM2); "
+                              "with --models-dir, the one to load at start"),
+    models_dir: str = typer.Option(None, "--models-dir", help="serve every model in this folder, each loaded on first use"),
     host: str = typer.Option("127.0.0.1", help="gateway address to listen on (0.0.0.0 for the network)"),
     port: int = typer.Option(18000, help="gateway HTTP port"),
     worker_port: int = typer.Option(5555, help="worker ZeroMQ port (loopback only)"),
@@ -29,7 +32,8 @@ def serve(
 ) -> None:
     """Start one worker and one gateway, and stop both on Ctrl-C."""
     address = f"tcp://127.0.0.1:{worker_port}"
-    worker_cmd = [sys.executable, "-m", "worker", "--bind", address, *(["-m", model] if model else []), *worker_arg]
+    dir_args = ["--models-dir", str(Path(models_dir).expanduser())] if models_dir else []
+    worker_cmd = [sys.executable, "-m", "worker", "--bind", address, *dir_args, *(["-m", model] if model else []), *worker_arg]
     gateway_cmd = [sys.executable, "-m", "gateway", "--host", host, "--port", str(port), "--worker", address, *gateway_arg]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     procs = [subprocess.Popen(worker_cmd, env=env), subprocess.Popen(gateway_cmd, env=env)]

@@ -39,8 +39,11 @@ SystemOpt = Annotated[bool, typer.Option(
 DryRunOpt = Annotated[bool, typer.Option("--dry-run", help="Print what would be written and run; change nothing.")]
 ModelOpt = Annotated[list[str] | None, typer.Option(
     "--model", "-m", help="Model for a worker (HF repo, local dir or GGUF). Repeat for several workers.")]
+ModelsDirOpt = Annotated[list[str] | None, typer.Option(
+    "--models-dir", help="A folder of models for a worker, each loaded on first use (after any --model workers). "
+    "Repeatable.")]
 NameOpt = Annotated[list[str] | None, typer.Option(
-    "--name", help="Worker name, one per --model in the same order (default: 'default' for one worker).")]
+    "--name", help="Worker name, one per --model/--models-dir in the same order (default: 'default' for one worker).")]
 WorkerPortOpt = Annotated[list[int] | None, typer.Option(
     "--worker-port", help=f"Worker ZMQ port, one per --model (default: {DEFAULT_WORKER_PORT}, "
     f"{DEFAULT_WORKER_PORT + 1}, ...).")]
@@ -117,6 +120,13 @@ def _model_arg(model: str) -> str:
     return str(p.absolute()) if p.exists() else model
 
 
+def _models_dir_arg(folder: str) -> str:
+    p = Path(folder).expanduser()
+    if not p.is_dir():
+        raise _fail(f"--models-dir {folder} is not a folder")
+    return str(p.absolute())
+
+
 def _parse_env(items: list[str] | None) -> tuple[tuple[str, str], ...]:
     env: dict[str, str] = {}
     for item in items or []:
@@ -131,22 +141,23 @@ def build_config(platform: sr.Platform, models: list[str] | None, names: list[st
                  ports: list[int] | None, gateway_port: int, host: str, no_gateway: bool,
                  log_dir: str | None, workdir: str | None, bin_dir: str | None,
                  env: list[str] | None, cache_dir: str | None, drain_timeout: int,
-                 system: bool, user: str | None) -> sr.ServiceConfig:
-    models = models or []
-    if not models and not no_gateway:
-        raise _fail("give at least one --model")
-    names = names or (["default"] if len(models) == 1 else [])
-    if len(names) != len(models):
-        raise _fail("give one --name per --model (same order)")
-    ports = ports or [DEFAULT_WORKER_PORT + i for i in range(len(models))]
-    if len(ports) != len(models):
-        raise _fail("give one --worker-port per --model (same order)")
+                 system: bool, user: str | None, models_dirs: list[str] | None = None) -> sr.ServiceConfig:
+    served = [(m, False) for m in models or []] + [(_models_dir_arg(d), True) for d in models_dirs or []]
+    if not served and not no_gateway:
+        raise _fail("give at least one --model or --models-dir")
+    names = names or (["default"] if len(served) == 1 else [])
+    if len(names) != len(served):
+        raise _fail("give one --name per --model/--models-dir (same order)")
+    ports = ports or [DEFAULT_WORKER_PORT + i for i in range(len(served))]
+    if len(ports) != len(served):
+        raise _fail("give one --worker-port per --model/--models-dir (same order)")
     account = _service_user(system, user)
     home = _home_of(account)
     if log_dir is None and platform == "launchd":
         log_dir = "/Library/Logs/kmlx" if system else f"{home}/Library/Logs/kmlx"
     cfg = sr.ServiceConfig(
-        workers=tuple(sr.WorkerSpec(n, _model_arg(m), p) for n, m, p in zip(names, models, ports)),
+        workers=tuple(sr.WorkerSpec(n, m if is_dir else _model_arg(m), p, models_dir=is_dir)
+                      for n, (m, is_dir), p in zip(names, served, ports)),
         worker_exe=find_executable(sr.WORKER_EXE, bin_dir),
         gateway_exe=find_executable(sr.GATEWAY_EXE, bin_dir),
         workdir=str(Path(workdir).expanduser().absolute()) if workdir else home,
@@ -257,7 +268,7 @@ def _check_root(system: bool, dry_run: bool) -> None:
 
 @service_app.command()
 def render(
-    model: ModelOpt = None, name: NameOpt = None, worker_port: WorkerPortOpt = None,
+    model: ModelOpt = None, models_dir: ModelsDirOpt = None, name: NameOpt = None, worker_port: WorkerPortOpt = None,
     gateway_port: GatewayPortOpt = 18000, host: HostOpt = "127.0.0.1", no_gateway: NoGatewayOpt = False,
     log_dir: LogDirOpt = None, workdir: WorkdirOpt = None, bin_dir: BinDirOpt = None, env: EnvOpt = None,
     cache_dir: CacheDirOpt = None, drain_timeout: DrainOpt = 30, system: SystemOpt = False,
@@ -267,7 +278,7 @@ def render(
     """Print (or write with --out) the service files for these options."""
     plat = _platform(platform)
     cfg = build_config(plat, model, name, worker_port, gateway_port, host, no_gateway, log_dir,
-                       workdir, bin_dir, env, cache_dir, drain_timeout, system, user)
+                       workdir, bin_dir, env, cache_dir, drain_timeout, system, user, models_dir)
     files = sr.render(cfg, plat)
     if out is None:
         for f in files:
@@ -282,7 +293,7 @@ def render(
 
 @service_app.command()
 def install(
-    model: ModelOpt = None, name: NameOpt = None, worker_port: WorkerPortOpt = None,
+    model: ModelOpt = None, models_dir: ModelsDirOpt = None, name: NameOpt = None, worker_port: WorkerPortOpt = None,
     gateway_port: GatewayPortOpt = 18000, host: HostOpt = "127.0.0.1", no_gateway: NoGatewayOpt = False,
     log_dir: LogDirOpt = None, workdir: WorkdirOpt = None, bin_dir: BinDirOpt = None, env: EnvOpt = None,
     cache_dir: CacheDirOpt = None, drain_timeout: DrainOpt = 30, system: SystemOpt = False,
@@ -292,7 +303,7 @@ def install(
     plat = _platform(platform)
     _check_root(system, dry_run)
     cfg = build_config(plat, model, name, worker_port, gateway_port, host, no_gateway, log_dir,
-                       workdir, bin_dir, env, cache_dir, drain_timeout, system, user)
+                       workdir, bin_dir, env, cache_dir, drain_timeout, system, user, models_dir)
     files = sr.render(cfg, plat)
     act, dirs = Actions(dry_run), install_dirs(plat, system)
     for d in dirs.values():

@@ -221,7 +221,7 @@ def test_systemd_worker_template_and_env_files_give_the_right_argv() -> None:
         f = files[sr.worker_env_file(w.name)]
         assert f.private and f.label == f"kmlx-worker@{w.name}.service"
         env = parse_env_file(f.content)
-        assert env == {"KMLX_WORKER_MODEL": w.model, "KMLX_WORKER_PORT": str(w.port),
+        assert env == {"KMLX_WORKER_MODEL_FLAG": "-m", "KMLX_WORKER_MODEL": w.model, "KMLX_WORKER_PORT": str(w.port),
                        "HF_TOKEN": 'a "quoted" $secret\\x', "KMLX_CACHE_DIR": "/Users/me/kmlx cache"}
         argv = exec_argv(one(svc, "ExecStart"), env, instance=w.name)
         # ${VAR} as a whole word is one argument in systemd, spaces and all.
@@ -326,6 +326,20 @@ def test_worker_cli_accepts_the_rendered_arguments() -> None:
         args = worker_cli.build_parser().parse_args(sr.worker_args(cfg, w)[1:])
         assert (args.model, args.bind, args.name, args.drain_timeout) == (
             w.model, f"tcp://127.0.0.1:{w.port}", w.name, 45)
+
+
+def test_a_models_dir_worker_gets_models_dir_everywhere() -> None:
+    worker_cli = pytest.importorskip("worker.cli")
+    w = sr.WorkerSpec("library", "/Users/me/models", 5557, models_dir=True)
+    cfg = make_cfg(workers=(w,))
+    args = worker_cli.build_parser().parse_args(sr.worker_args(cfg, w)[1:])
+    assert (args.models_dir, args.model) == ("/Users/me/models", None)
+    files = {f.name: f for f in sr.render(cfg, "systemd")}
+    env = parse_env_file(files[sr.worker_env_file("library")].content)
+    svc = parse_unit(files[sr.WORKER_TEMPLATE_UNIT].content)["Service"]
+    assert exec_argv(one(svc, "ExecStart"), env, instance="library") == sr.worker_args(cfg, w)
+    plist = plistlib.loads(next(f for f in sr.render(cfg, "launchd") if "worker" in f.name).content.encode())
+    assert plist["ProgramArguments"][1:3] == ["--models-dir", "/Users/me/models"]
 
 
 def test_gateway_cli_accepts_the_rendered_arguments() -> None:
