@@ -119,3 +119,12 @@ def test_mlx_quantized_form(arch, cache_dir, tmp_path, small_tokenizer_meta):
     assert scales == {mx.bfloat16 if arch.startswith("gemma") else mx.float16}
     got, expected = mlx_logits(loaded.model, IDS), reference_logits(meta, weights, IDS)
     assert np.sqrt(np.mean((got - expected) ** 2) / np.mean(expected**2)) < 0.05
+
+
+def test_mistral_head_size_of_its_own(cache_dir, tmp_path, small_tokenizer_meta):
+    """Mistral Nemo/Small GGUFs are `llama` files whose head size is not width/heads."""
+    loaded, meta, weights, config = converted(cache_dir, tmp_path, "mistral", small_tokenizer_meta)
+    assert config["model_type"] == "llama" and meta["general.architecture"] == "llama"
+    assert config["head_dim"] == 128 != config["hidden_size"] // config["num_attention_heads"]
+    assert (config["num_key_value_heads"], config["rope_theta"], config["tie_word_embeddings"]) == (1, 1e6, False)
+    assert np.abs(mlx_logits(loaded.model, IDS) - reference_logits(meta, weights, IDS)).max() <= BOUND

@@ -13,7 +13,7 @@ import numpy as np
 
 from .common import numpy_blas_single_thread
 
-ARCHS = ("llama", "qwen2", "qwen3", "gemma2", "gemma3", "phi3")
+ARCHS = ("llama", "mistral", "qwen2", "qwen3", "gemma2", "gemma3", "phi3")
 
 
 def module(arch: str) -> ModuleType:
