@@ -14,7 +14,7 @@ import httpx
 import pytest
 
 from tests.support.e2e import starts_processes
-from tests.support.processes import Stack, start_gateway, start_worker, wait_healthy
+from tests.support.processes import Stack, start_gateway, start_worker, wait_healthy, wait_until
 
 KEY = "test-key-1234"
 AUTH = {"Authorization": f"Bearer {KEY}"}
@@ -53,8 +53,8 @@ def models_stack(tmp_path: Path, log_dir: Path, tiny_model_path: Path, small_tok
         stack = Stack(root, gateway, procs, addresses)
         stacks.append(stack)
         wait_healthy(root, [gateway, *procs])
-        wait_for(lambda: sum(w["ready"] for w in httpx.get(f"{root}/health").json()["workers"]) == len(procs),
-                 "every worker ready")
+        wait_until("every worker ready",
+                   lambda: sum(w["ready"] for w in httpx.get(f"{root}/health").json()["workers"]) == len(procs), 120)
         return stack
 
     def folder(name: str, ggufs: tuple[str, ...] = (), *, big_vocabulary: bool = False) -> Path:
@@ -67,15 +67,6 @@ def models_stack(tmp_path: Path, log_dir: Path, tiny_model_path: Path, small_tok
     yield make
     for s in stacks:
         s.stop()
-
-
-def wait_for(check: Callable[[], bool], what: str, timeout: float = 120.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():
-            return
-        time.sleep(0.2)
-    raise TimeoutError(f"waited {timeout:.0f} s for: {what}")
 
 
 def models(stack: Stack, headers: dict | None = None) -> dict[str, bool]:
@@ -156,7 +147,7 @@ def test_least_recently_used_idle_model_makes_room_and_idle_models_unload(models
     assert chat(stack, "tiny-a").status_code == 200
     assert chat(stack, "tiny-b").status_code == 200
     assert models(stack) == {"tiny-a": False, "tiny-b": True}  # one at a time: tiny-a made room
-    wait_for(lambda: models(stack) == {"tiny-a": False, "tiny-b": False}, "tiny-b unloaded when idle", 60)
+    wait_until("tiny-b unloaded when idle", lambda: models(stack) == {"tiny-a": False, "tiny-b": False}, 60)
     assert chat(stack, "tiny-a").status_code == 200  # and loads again on demand
 
 
@@ -187,7 +178,7 @@ def test_a_request_past_the_load_timeout_gets_503_and_retry_after(models_stack):
     r = chat(stack, "qwen-late")
     assert r.status_code == 503, r.text
     assert r.json()["error"]["code"] == "model_loading" and int(r.headers["Retry-After"]) > 0
-    wait_for(lambda: models(stack)["qwen-late"], "the load went on and finished", 300)
+    wait_until("the load went on and finished", lambda: models(stack)["qwen-late"], 300)
     assert chat(stack, "qwen-late").status_code == 200
 
 

@@ -9,7 +9,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -113,6 +113,16 @@ def start_gateway(workers: list[str], log_dir: Path, *, port: int | None = None,
     proc = spawn(name, ["-m", "gateway", "--host", "127.0.0.1", "--port", str(port or 0), *worker_args, *args], log_dir)
     root = f"http://127.0.0.1:{port}" if port else reported(proc, r"running on (http://127\.0\.0\.1:\d+)")
     return proc, root
+
+
+def wait_until(what: str, condition: Callable[[], bool], timeout: float = 60.0) -> None:
+    """Poll ``condition`` until it holds; an AssertionError naming ``what`` past ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"not true within {timeout:.0f} s: {what}")
 
 
 def wait_healthy(root_url: str, procs: list[Proc], timeout: float = 120.0) -> None:
