@@ -141,9 +141,12 @@ def test_loaded_models_keep_serving_while_another_loads(models_stack):
     reader.join(60)
 
 
-def test_least_recently_used_idle_model_makes_room_and_idle_models_unload(models_stack):
+# The tiny model holds 0.012 GiB in memory (float32) and ~0.015 GiB on disk,
+# the estimate before a load: 0.02 GiB leaves room for one.
+@pytest.mark.parametrize("room", [["--max-loaded-models", "1"], ["--max-loaded-gb", "0.02"]], ids=["count", "gb"])
+def test_least_recently_used_idle_model_makes_room_and_idle_models_unload(models_stack, room):
     folder = models_stack.folder("dir")
-    stack = models_stack((folder, ["--max-loaded-models", "1", "--idle-unload-seconds", "3"]))
+    stack = models_stack((folder, [*room, "--idle-unload-seconds", "3"]))
     assert chat(stack, "tiny-a").status_code == 200
     assert chat(stack, "tiny-b").status_code == 200
     assert models(stack) == {"tiny-a": False, "tiny-b": True}  # one at a time: tiny-a made room
