@@ -80,7 +80,7 @@ def chat(stack: Stack, model: str, headers: dict | None = None, **body) -> httpx
 
 
 def test_first_request_loads_the_model_and_keep_alives_flow_while_it_loads(models_stack, tmp_path):
-    folder = models_stack.folder("dir", ggufs=("qwen-a",))
+    folder = models_stack.folder("dir", ggufs=("qwen-a",), big_vocabulary=True)  # converts for seconds
     stack = models_stack((folder, ["--max-loaded-models", "3"]), gateway_args=["--keep-alive", "0.2"])
     assert models(stack) == {"qwen-a": False, "tiny-a": False, "tiny-b": False}  # the text file is no model
 
