@@ -114,8 +114,14 @@ class WorkerClient:
         return self.state.info.worker_id if self.state.info else self.address
 
     def models(self) -> list[ModelInfo]:
-        """Every model this worker serves, loaded or not (as it last said)."""
-        return list(self.state.info.models) if self.state.info is not None else []
+        """Every model this worker serves, loaded or not (as it last said). A
+        worker that lists none serves its one model (``model_id``), loaded."""
+        info = self.state.info
+        if info is None:
+            return []
+        if not info.models and info.model_id:
+            return [ModelInfo(id=info.model_id, context_length=info.context_length, capabilities=info.capabilities)]
+        return list(info.models)
 
     def model(self, model_id: str) -> ModelInfo | None:
         return next((m for m in self.models() if m.id == model_id), None)

@@ -362,7 +362,9 @@ async def test_conversation_cache_calls_reach_the_worker(fake):
     assert listed.json()["items"] == [{"id": "c1", "tokens": 5, "worker": "fake-0"}]
     assert deleted.json()["status"] == "deleted"
     assert_error(missing, 404, None)  # the fake has no conv_load
-    assert seen == [("conv_save", {"conversation_id": "c1", "title": "t"}), ("conv_stats", {}), ("conv_delete", {"conversation_id": "c1"})]
+    # The model travels with each call: a --models-dir worker keeps each model's conversations apart.
+    assert seen == [("conv_save", {"conversation_id": "c1", "title": "t", "model": "fake"}), ("conv_stats", {}),
+                    ("conv_delete", {"conversation_id": "c1", "model": "fake"})]
 
 
 async def test_a_hung_worker_turns_health_503_and_back(fake):

@@ -30,6 +30,7 @@ from worker.engine import Engine
 from worker.grammar import GrammarCompiler
 from worker.kv.conversations import ConversationLimits
 from worker.kv.manager import KVConfig, PromptCacheManager
+from worker.model_host import ModelHost
 from worker.models.loaded import LoadedModel
 from worker.scheduler import Scheduler, SchedulerLimits
 from worker.transport import GatewayGone, InboxItem, Incoming, Wake
@@ -180,7 +181,9 @@ class EngineHarness:
     def __init__(self, scheduler: Scheduler, loaded: LoadedModel):
         self.inbox: queue.Queue[InboxItem] = queue.Queue()
         self.transport = RecordingTransport(worker_info(loaded))
-        self.engine = Engine(scheduler, self.transport, self.inbox)  # type: ignore[arg-type]
+        host = ModelHost(build=lambda _loaded: (scheduler, ""))  # one model, as a worker started with -m
+        host.add_loaded(loaded, pinned=True)
+        self.engine = Engine(host, self.transport, self.inbox)  # type: ignore[arg-type]
         self.scheduler = scheduler
         scheduler.set_wake(lambda: self.inbox.put(Wake("job done")))  # as worker/cli.py wires it
 
