@@ -265,8 +265,11 @@ def to_chat(body: MessagesRequest | CountTokensRequest) -> tuple[dict[str, Any],
             conversation=body.conversation,
             reset_conversation=body.reset_conversation,
         )
-        if body.thinking is not None and body.thinking.type == "disabled":
-            chat["strip_thinking"] = True  # the answer carries no thinking blocks
+        if body.thinking is None or body.thinking.type == "disabled":
+            # As Anthropic's API: no thinking blocks unless the request asks
+            # for them (a script reading content[0].text keeps working on a
+            # reasoning model).
+            chat["strip_thinking"] = True
     return {k: v for k, v in chat.items() if v is not None}, names
 
 

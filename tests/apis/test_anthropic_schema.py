@@ -58,4 +58,5 @@ def test_history_tool_use_and_result_become_a_call_and_a_tool_turn():
 
 def test_thinking_disabled_strips_reasoning_from_the_answer():
     assert chat_of(thinking={"type": "disabled"})["strip_thinking"] is True
+    assert chat_of()["strip_thinking"] is True  # left out: as Anthropic's API, no thinking blocks
     assert "strip_thinking" not in chat_of(thinking={"type": "enabled", "budget_tokens": 1024}, max_tokens=2048)
