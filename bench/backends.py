@@ -188,7 +188,10 @@ def take_turns(contenders: list[Contender], repeats: int, body: Callable[[Conten
             body(contenders[(r + k) % len(contenders)], r)
 
 
-def measure(contenders: list[Contender], sizes: Sizes, tokenizer: Any, first: dict[str, float]) -> list[Row]:
+def measure(contenders: list[Contender], sizes: Sizes, tokenizer: Any, first: dict[str, float],
+            done: Callable[[Row], None] = lambda row: None) -> list[Row]:
+    """Every row; ``done`` sees each as it is measured (a run cut short still
+    says what it had)."""
     t = sizes.temperature
     single = [Row("1 stream: decode", "tok/s", goal=("in-process", 0.97)), Row("1 stream: TTFT", "ms", lower_is_better=True)]
 
@@ -200,6 +203,8 @@ def measure(contenders: list[Contender], sizes: Sizes, tokenizer: Any, first: di
 
     take_turns(contenders, sizes.repeats, one)
     rows = list(single)
+    for row in single:
+        done(row)
     for n in sizes.streams:
         if n == 1:
             continue
@@ -211,6 +216,7 @@ def measure(contenders: list[Contender], sizes: Sizes, tokenizer: Any, first: di
 
         take_turns(contenders, sizes.repeats, many)
         rows.append(row)
+        done(row)
     if sizes.prefill_prompts:
         row = Row(f"{sizes.prefill_prompts} x {sizes.prefill_tokens}-token prompts: prefill", "tok/s", goal=("mlx_lm.server", 1.0))
 
@@ -221,6 +227,7 @@ def measure(contenders: list[Contender], sizes: Sizes, tokenizer: Any, first: di
 
         take_turns(contenders, sizes.repeats, prefill)
         rows.append(row)
+        done(row)
     ratio_row = Row("first request after ready: TTFT / steady TTFT", "x", lower_is_better=True)
     for c in contenders:
         steady = single[1].median(c.name)
@@ -314,7 +321,10 @@ def run(model: Path, args: Any) -> None:
                 if ttft is not None:
                     first[c.name] = ttft
                 print(f"{c.name}: ready in {time.perf_counter() - t0:.1f} s, first request TTFT {ttft and ttft * 1000:.0f} ms", flush=True)
-            rows = measure(contenders, sizes, tokenizer, first)
+            names = [c.name for c in contenders]
+            rows = measure(contenders, sizes, tokenizer, first,
+                           done=lambda row: print(f"  measured {row.label}: " + ", ".join(
+                               f"{n} {row.median(n):,.1f} {row.unit}" for n in names if row.median(n) is not None), flush=True))
         finally:
             for c in contenders:
                 c.close()
