@@ -146,11 +146,15 @@ class _PoolCollector(Collector):
         conv_tokens = GaugeMetricFamily("kmlx:conversation_cache_tokens", "Tokens held in the worker's conversation caches.", labels=labels)
         conv_bytes = GaugeMetricFamily("kmlx:conversation_cache_bytes", "Memory held by the worker's conversation caches.", labels=labels)
         conv_count = GaugeMetricFamily("kmlx:conversation_cache_entries", "Conversations cached on the worker.", labels=labels)
+        ranks = GaugeMetricFamily("kmlx:worker_world_size", "Processes (mlx.distributed ranks) serving the worker's model, by their link.",
+                                  labels=labels + ["backend"])
         cache = _CacheFamilies(labels)
         for w in self.pool.workers:
             model = w.state.info.model_id if w.state.info else ""
             key = [w.worker_id, model]
             up.add_metric(key + [w.address], 1.0 if w.ready else 0.0)
+            if w.state.info is not None:
+                ranks.add_metric(key + [w.state.info.distributed_backend or "none"], w.state.info.world_size)
             if not w.ready:
                 continue  # a down worker's last load report is stale
             load = w.state.load
@@ -164,7 +168,7 @@ class _PoolCollector(Collector):
                 conv_bytes.add_metric(key, summary.get("conversation_bytes", 0))
                 conv_count.add_metric(key, summary.get("conversations", 0))
                 cache.add(key, summary)
-        yield from (up, running, waiting, kv, inflight, conv_tokens, conv_bytes, conv_count, *cache.families)
+        yield from (up, ranks, running, waiting, kv, inflight, conv_tokens, conv_bytes, conv_count, *cache.families)
 
 
 class _CacheFamilies:

@@ -159,6 +159,8 @@ class WorkerInfo(_Msg, tag="worker_info"):
     max_running: int = 0
     max_queued: int = 0
     models: list[ModelInfo] = []
+    world_size: int = 1  # processes (mlx.distributed ranks) serving the model together
+    distributed_backend: str = ""  # their link: ring | jaccl | mpi; "" for one process
 
 
 class ModelsChanged(_Msg, tag="models_changed"):

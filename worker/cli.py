@@ -18,10 +18,13 @@ import msgspec
 from protocol.messages import PROTOCOL_VERSION, GoingAway, ModelInfo, ModelsChanged, WorkerInfo
 
 from .config import DEFAULTS
+from .distributed.group import GroupBroken, launched_backend
+from .distributed.launch import add_distributed_arguments
 from .log_format import LOG_FORMATS, adopt_library_loggers, configure_logging
 from .vision.options import add_vision_arguments
 
 if TYPE_CHECKING:  # loading MLX is the worker's first real work, not an import side effect
+    from .distributed.launch import Rank0, Ranks
     from .model_host import ModelHost
     from .models.loaded import LoadedModel
     from .scheduler import Scheduler
@@ -105,6 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--kv-group-size", type=int, choices=(32, 64, 128), default=d.kv_group_size, help="values per quantization scale with --kv-bits")
     c.add_argument("--conversation-disk-dir", default=d.conversation_disk_dir, help="where saved conversations go")
     c.add_argument("--conversation-disk-max-gb", type=float, default=d.conversation_disk_max_gb, help="disk budget for saved conversations (413 past it)")
+    add_distributed_arguments(p)  # --pipeline (docs/distributed.md)
     add_vision_arguments(p)  # --max-image-patches, --video-frames (docs/vision.md)
     o = p.add_argument_group("output")
     o.add_argument("--log-level", default=d.log_level)
@@ -134,6 +138,11 @@ def main(argv: list[str] | None = None) -> None:
 
     blas = ensure_fast_blas()  # may re-exec this process with a fast BLAS preloaded
     log.info("linear algebra: %s", blas)
+    ranks = _join_group(args)
+    if ranks is not None and not ranks.topology.leader:  # no socket: it follows rank 0 (docs/distributed.md)
+        from .distributed.follower import run_follower
+
+        raise SystemExit(run_follower(args, ranks))
     # Bind before loading the model: a taken port fails now, not a minute
     # later, and with port 0 the chosen endpoint is known (and logged) at once.
     import zmq
@@ -143,6 +152,9 @@ def main(argv: list[str] | None = None) -> None:
     models_dir = Path(args.models_dir).expanduser() if args.models_dir else None
     if models_dir is not None and not models_dir.is_dir():
         print(f"kmlx-worker: --models-dir {models_dir} is not a folder", file=sys.stderr)
+        raise SystemExit(2)
+    if models_dir is not None and ranks is not None:
+        print("kmlx-worker: --models-dir is not supported by a distributed worker (serve one model: -m)", file=sys.stderr)
         raise SystemExit(2)
     inbox: queue.Queue[InboxItem] = queue.Queue()
     try:
@@ -156,7 +168,7 @@ def main(argv: list[str] | None = None) -> None:
         t0 = time.perf_counter()
         try:
             spec = args.model if models_dir is None else _model_in_dir(models_dir, args.model)
-            loaded = load_model(spec, vision=args.vision, weights=args.weights)
+            loaded = load_model(spec, vision=args.vision, weights=args.weights, split=ranks.split if ranks else None)
         except ModelLoadError as exc:
             print(f"kmlx-worker: {exc}", file=sys.stderr)
             transport.close("model load failed")
@@ -166,7 +178,23 @@ def main(argv: list[str] | None = None) -> None:
             loaded.model_id, loaded.weights, loaded.context_length, loaded.path, time.perf_counter() - t0,
         )
     adopt_library_loggers()
-    serve(args, loaded, transport, inbox, models_dir)
+    try:
+        serve(args, loaded, transport, inbox, models_dir, ranks)
+    except GroupBroken as exc:  # gateways were told (GoingAway); a supervisor restarts the whole group
+        log.error("the rank group broke: %s; stopping", exc)
+        raise SystemExit(1) from None
+
+
+def _join_group(args: argparse.Namespace) -> Ranks | None:
+    """This process's place in an mlx.distributed group, when mlx.launch started it."""
+    backend = launched_backend()
+    if backend is None:
+        if args.pipeline:
+            log.warning("--pipeline has no effect: this worker was not started by mlx.launch")
+        return None
+    from .distributed.launch import join_ranks
+
+    return join_ranks(backend, pipeline=args.pipeline)
 
 
 def _model_in_dir(models_dir: Path, model_id: str) -> str:
@@ -188,7 +216,7 @@ def _physical_memory() -> int:
 
 
 def _model_host(args: argparse.Namespace, models_dir: Path | None, wake: Callable[[], None],
-                announce: Callable[[list[ModelInfo]], None]) -> ModelHost:
+                announce: Callable[[list[ModelInfo]], None], rank0: Rank0 | None = None) -> ModelHost:
     from .model_catalog import scan
     from .model_host import ModelHost, ResidencyLimits
     from .model_loader import ModelLoader
@@ -196,7 +224,7 @@ def _model_host(args: argparse.Namespace, models_dir: Path | None, wake: Callabl
     from .models import load_model
 
     def build(loaded: LoadedModel) -> tuple[Scheduler, str]:
-        scheduler, token_hash = build_scheduler(args, loaded, per_model_dirs=models_dir is not None)
+        scheduler, token_hash = build_scheduler(args, loaded, per_model_dirs=models_dir is not None, distributed=rank0)
         scheduler.set_wake(wake)  # the prompt (and media) threads wake an idle compute loop when a job is done
         return scheduler, token_hash
 
@@ -226,7 +254,7 @@ def _model_host(args: argparse.Namespace, models_dir: Path | None, wake: Callabl
 
 
 def serve(args: argparse.Namespace, loaded: LoadedModel | None, transport: Transport, inbox: queue.Queue[InboxItem],
-          models_dir: Path | None = None) -> None:
+          models_dir: Path | None = None, ranks: Ranks | None = None) -> None:
     # The IO thread must get the GIL quickly when a step's outputs are ready;
     # Python's default 5 ms switch interval would delay every token's send.
     sys.setswitchinterval(0.0005)
@@ -246,7 +274,12 @@ def serve(args: argparse.Namespace, loaded: LoadedModel | None, transport: Trans
             transport.info = msgspec.structs.replace(transport.info, models=models)
             transport.send(None, ModelsChanged(worker_id=worker_id, models=models))
 
-    host = _model_host(args, models_dir, wake, announce)
+    rank0 = None
+    if ranks is not None and loaded is not None:  # rank 0 of a group: the others mirror its batch (docs/distributed.md)
+        from .distributed.launch import Rank0
+
+        rank0 = Rank0(ranks, loaded, args)
+    host = _model_host(args, models_dir, wake, announce, rank0)
     try:
         default = host.add_loaded(loaded, pinned=models_dir is None) if loaded is not None else None
     except KVConfigError as exc:  # e.g. --kv-group-size that does not divide the head size
@@ -263,6 +296,8 @@ def serve(args: argparse.Namespace, loaded: LoadedModel | None, transport: Trans
         max_running=args.max_running,
         max_queued=args.max_queued,
         models=host.infos(),
+        world_size=ranks.topology.size if ranks else 1,
+        distributed_backend=ranks.topology.backend if ranks else "",
     )
     if default is not None and args.warm_up == "on":
         # Before transport.start: no gateway counts this worker ready until it
@@ -272,7 +307,8 @@ def serve(args: argparse.Namespace, loaded: LoadedModel | None, transport: Trans
         log.info("warming up (prefill chunk %d, up to %d sequences)", scheduler.limits.prefill_chunk,
                  scheduler.limits.max_running)
         log.info("warmed up in %.2fs", scheduler.warm_up())
-    engine = Engine(host, transport, inbox)
+    engine = Engine(host, transport, inbox, on_idle=rank0.idle if rank0 else None,
+                    more_stats=rank0.stats if rank0 else None)
     transport.start(info)
     served = info.model_id or f"{len(info.models)} model(s) from {models_dir}"
     log.info("worker %s serving %s on %s", info.worker_id, served, transport.endpoint)
@@ -299,6 +335,8 @@ def serve(args: argparse.Namespace, loaded: LoadedModel | None, transport: Trans
         engine.abort_all()
         if reason == "shutdown":
             host.close()  # saves conversation caches: a restart resumes them (loaded lazily)
+        if rank0 is not None:
+            rank0.close(reason)  # the other ranks stop with it
         transport.close(reason)
         watchdog.close()
         log.info("worker stopped (%s)", reason)

@@ -48,10 +48,16 @@ ControlHandler = Callable[[dict[str, Any]], dict[str, Any]]
 
 
 class Engine:
-    def __init__(self, host: ModelHost, transport: Transport, inbox: queue.Queue[InboxItem]):
+    def __init__(
+        self, host: ModelHost, transport: Transport, inbox: queue.Queue[InboxItem], *,
+        on_idle: Callable[[], None] | None = None, more_stats: Callable[[], dict[str, Any]] | None = None,
+    ):
         self.host = host
         self.transport = transport
         self.inbox = inbox
+        # A distributed rank 0: a heartbeat to the other ranks when idle, and the group's stats.
+        self.on_idle = on_idle
+        self.more_stats = more_stats
         self.progress = Progress()  # read by the watchdog (worker/watchdog.py)
         self.start_time = time.time()  # wall clock, for uptime
         self._stop = False
@@ -90,6 +96,8 @@ class Engine:
                     outputs = self._fail_all(f"the worker failed while generating: {exc}")
                 for out in outputs:
                     self._queue(out)
+            elif self.on_idle is not None:
+                self.on_idle()
             self._expire_deadlines()
             self._flush()
             if self._draining and self.host.idle:  # nothing running, waiting, rendering or loading
@@ -125,6 +133,7 @@ class Engine:
         return {
             "worker_id": self.transport.info.worker_id,
             "model": self.transport.info.model_id,
+            "world_size": self.transport.info.world_size,  # ranks serving the model (docs/distributed.md)
             "uptime_seconds": round(time.time() - self.start_time, 1),
             "running": load.running,
             "waiting": load.waiting,
@@ -134,6 +143,7 @@ class Engine:
             "draining": self._draining,
             "kv_cache": kv.summary() if kv else {"enabled": False},
             "models": {h.model_id: {"state": h.state, **per_model.get(h.model_id, {})} for h in self.host.models.values()},
+            **(self.more_stats() if self.more_stats else {}),
         }
 
     # ------------------------------------------------------------------ #

@@ -15,9 +15,12 @@ from typing import Any
 log = logging.getLogger("kmlx.worker")
 
 
-def build_scheduler(args: argparse.Namespace, loaded: Any, *, per_model_dirs: bool = False) -> tuple[Any, str]:
+def build_scheduler(args: argparse.Namespace, loaded: Any, *, per_model_dirs: bool = False, distributed: Any = None) -> tuple[Any, str]:
     """(scheduler, tokenizer hash) for `loaded`. per_model_dirs: keep its
-    caches on disk in folders of its own (several models share one worker)."""
+    caches on disk in folders of its own (several models share one worker).
+    distributed: a rank 0's ``Rank0``, whose model and mirrored batch the
+    scheduler drives (worker/distributed/launch.py)."""
+    from .batch import Batch
     from .scheduler import Scheduler, SchedulerLimits
     from .vision.options import vision_scheduler
 
@@ -32,13 +35,17 @@ def build_scheduler(args: argparse.Namespace, loaded: Any, *, per_model_dirs: bo
     scheduler_cls = Scheduler
     if loaded.is_vision:  # images/video beside text in the same batch (docs/vision.md)
         scheduler_cls = vision_scheduler(loaded, args)
+    model, batch = loaded.model, Batch
+    if distributed is not None:
+        model, batch = distributed.start(token_hash, limits)
     scheduler = scheduler_cls(
-        loaded.model,
+        model,
         loaded.tokenizer,
         model_id=loaded.model_id,
         context_length=loaded.context_length,
         limits=limits,
-        kv=kv_manager(args, loaded, token_hash, per_model_dirs=per_model_dirs),
+        batch=batch,
+        kv=kv_manager(args, loaded, token_hash, per_model_dirs=per_model_dirs) if distributed is None else None,
         sampling_defaults=sampling_defaults(args, loaded),
         template_defaults=args.chat_template_kwargs,
         grammar_cache_size=args.grammar_cache_size,

@@ -90,6 +90,7 @@ class Scheduler:
         template_defaults: dict[str, Any] | None = None,
         grammar_cache_size: int = DEFAULTS.grammar_cache_size,
         grammars: GrammarCompiler | None = None,  # tests share one (building it costs ~1 s of CPU)
+        batch: Callable[..., Batch] = Batch,  # a distributed rank 0 mirrors its batch (worker/distributed/leader.py)
     ):
         self.tokenizer = tokenizer
         self.sampling_defaults = sampling_defaults or build_defaults(None)
@@ -107,7 +108,7 @@ class Scheduler:
         self.limits = limits
         self.counters = SchedulerCounters()
         self._eos = set(tokenizer.eos_token_ids)
-        self._batch = Batch(
+        self._batch = batch(
             model, eos_token_ids=self._eos, max_running=limits.max_running, prefill_chunk=limits.prefill_chunk
         )
         self.vocab_size = _vocab_size(model, tokenizer)  # bounds the token ids a raw prompt may hold

@@ -8,7 +8,7 @@ import json
 from collections.abc import Sequence
 from pathlib import Path
 
-from tests.support.processes import Proc, free_port, spawn
+from tests.support.processes import Proc, Stack, free_port, reported, spawn, start_gateway, wait_healthy
 
 
 def ring_hostfile(directory: Path, size: int) -> Path:
@@ -26,3 +26,24 @@ def spawn_ranks(name: str, args: Sequence[str], log_dir: Path, *, size: int = 2)
         spawn(f"{name}-rank{rank}", list(args), log_dir, env={"MLX_RANK": str(rank), "MLX_HOSTFILE": str(hostfile)})
         for rank in range(size)
     ]
+
+
+def start_rank_stack(model: Path, log_dir: Path, *, worker_args: Sequence[str] = (), size: int = 2) -> Stack:
+    """A gateway in front of a worker run as ``size`` ranks on loopback;
+    ``Stack.workers`` holds every rank, rank 0 first."""
+    ranks = spawn_ranks("worker", ["-m", "worker", "-m", str(model), "--bind", "tcp://127.0.0.1:0", "--name", "ranks", *worker_args],
+                        log_dir, size=size)
+    try:
+        address = reported(ranks[0], r"listening on (tcp://127\.0\.0\.1:\d+)")
+        gateway, root = start_gateway([address], log_dir)
+    except Exception:
+        for r in ranks:
+            r.stop()
+        raise
+    stack = Stack(root, gateway, ranks, [address])
+    try:
+        wait_healthy(root, [gateway, *ranks], timeout=300)
+    except Exception:
+        stack.stop()
+        raise
+    return stack

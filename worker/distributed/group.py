@@ -70,6 +70,12 @@ def join(backend: str) -> Any:
     return mx.distributed.init(strict=True, backend=backend)
 
 
+class GroupBroken(BaseException):
+    """The ranks can no longer be known to agree (a rank died, a link
+    dropped, or a step failed on one rank): the worker must stop. A
+    BaseException, so no handler meant for one request's failure swallows it."""
+
+
 class ChannelError(RuntimeError):
     """A collective failed: a rank died or the link dropped. The group can
     no longer be trusted to agree, so the worker stops (docs/distributed.md)."""
