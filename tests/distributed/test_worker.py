@@ -6,6 +6,7 @@ dead rank makes rank 0 tell the gateway (GoingAway) and exit non-zero."""
 
 from __future__ import annotations
 
+import re
 import signal
 import time
 from collections.abc import Callable, Iterator
@@ -108,9 +109,12 @@ def test_a_dead_rank_stops_the_worker_with_going_away(stacks: Callable[..., Stac
     rank1.popen.send_signal(signal.SIGKILL)
     rank0.popen.wait(60)  # idle, it finds out from its next heartbeat
     assert rank0.popen.returncode not in (0, None)
-    assert "the rank group broke" in rank0.log()
+    # Its shutdown says why to the gateways (GoingAway, transport.close); a
+    # gateway whose ping went unanswered while the ring retried may have
+    # marked it down just before: either way it is out of the pool.
+    assert "worker stopped (crashed: GroupBroken" in rank0.log() and "the rank group broke" in rank0.log()
     deadline = time.monotonic() + 30
-    while "is going away" not in group.gateway.log():
+    while not re.search(r"is going away|is down", group.gateway.log()):
         assert time.monotonic() < deadline, group.gateway.log()[-2000:]
         time.sleep(0.2)
     r = httpx.get(f"{group.root_url}/health", timeout=10)
