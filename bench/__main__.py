@@ -12,6 +12,7 @@
     python -m bench backends                 kmlx vs mlx_lm.server vs mlx-lm in-process, on this backend
     python -m bench backends --model random-1b   the same on a random 1B llama (a GPU; docs/benchmarks.md)
     python -m bench steps                    one decode step's cost at 1/8/64 sequences: mlx-lm vs kmlx (--profile)
+    python -m bench distributed              1 process vs 2 mlx.distributed ranks on loopback (tiny model; --model default)
     python -m bench all                      every suite
 """
 
@@ -44,6 +45,12 @@ def _pool(args: argparse.Namespace, model: Path) -> None:
     from .pool import run
 
     run(model, max_tokens=args.max_tokens or 256, streams=args.streams)
+
+
+def _distributed(args: argparse.Namespace, model: Path) -> None:
+    from .distributed import run
+
+    run(model, max_tokens=min(args.max_tokens or 64, 64), streams=min(args.streams, 4))
 
 
 def _agents(args: argparse.Namespace, model: Path) -> None:
@@ -95,6 +102,7 @@ SUITES: dict[str, tuple[Callable[[argparse.Namespace, Path], None], str]] = {
     "gguf-load": (_gguf_load, "default"),
     "backends": (_backends, "tiny"),
     "steps": (_steps, "tiny"),
+    "distributed": (_distributed, "tiny"),
 }
 
 
