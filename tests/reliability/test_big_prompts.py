@@ -45,11 +45,14 @@ def test_an_over_context_prompt_while_a_stream_runs(tiny_stack, size, refused_by
     growth = rss_mb(pid) - rss_before
     print(f"{size / 1e6:.1f} MB prompt: answered in {t1 - t0:.2f} s; the stream's longest pause meanwhile "
           f"{gap:.2f} s; worker memory {growth:+.0f} MB")
-    # The stream was not frozen for the refusal (a 20 MB prompt tokenized on
-    # the compute loop froze it for 25.7 of the 27 s the refusal took; what
-    # is left is the gateway parsing 20 MB of JSON, ~0.2 s) ...
-    assert gap < 0.8 * (t1 - t0)
-    if refused_by == "characters":
-        # ... and a prompt refused by size leaves no token list behind (30 MB
+    if refused_by == "tokens":
+        # The stream was not frozen while the prompt was tokenized (on the
+        # compute loop a 20 MB prompt froze it for 25.7 of the 27 s the
+        # refusal took). Not asserted for the size refusal: there the whole
+        # wait is the gateway parsing the body on the loop that also relays
+        # the stream, so a pause of most of it is expected.
+        assert gap < 0.8 * (t1 - t0)
+    else:
+        # A prompt refused by size leaves no token list behind (30 MB
         # took the worker from 0.17 to 4.27 GB; the message itself is ~size).
         assert growth < 200
