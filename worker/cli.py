@@ -65,9 +65,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--prefill-chunk", type=int, default=None,
                    help="prompt tokens prefilled per step, so long prompts don't stall running streams "
                         f"(default: {d.prefill_chunk_gpu} on a GPU, {d.prefill_chunk_cpu} on the CPU backend, where a step is far slower)")
-    s.add_argument("--warm-up", choices=["on", "off"], default=d.warm_up,
+    s.add_argument("--warm-up", choices=["auto", "on", "off"], default=d.warm_up,
                    help="before reporting ready, run the prefill and decode shapes serving uses once, so a GPU backend "
-                        "compiles their kernels then and not during the first requests (/health is 503 meanwhile)")
+                        "compiles their kernels then and not during the first requests (/health is 503 meanwhile); "
+                        "auto: on a GPU only (the CPU backend has nothing to compile)")
     s.add_argument("--default-max-tokens", type=int, default=None, help="completion budget when a request sets none (default: the rest of the context)")
     s.add_argument("--max-tokens-limit", type=int, default=None, help="cap on any one completion; longer requests end with finish_reason=length")
     s.add_argument("--drain-timeout", type=float, default=d.drain_timeout, help="seconds SIGTERM waits for running requests before aborting them")
@@ -253,6 +254,12 @@ def _model_host(args: argparse.Namespace, models_dir: Path | None, wake: Callabl
     return host
 
 
+def _warms_up(setting: str) -> bool:
+    import mlx.core as mx
+
+    return setting == "on" or (setting == "auto" and mx.default_device() == mx.gpu)
+
+
 def serve(args: argparse.Namespace, loaded: LoadedModel | None, transport: Transport, inbox: queue.Queue[InboxItem],
           models_dir: Path | None = None, ranks: Ranks | None = None) -> None:
     # The IO thread must get the GIL quickly when a step's outputs are ready;
@@ -299,7 +306,7 @@ def serve(args: argparse.Namespace, loaded: LoadedModel | None, transport: Trans
         world_size=ranks.topology.size if ranks else 1,
         distributed_backend=ranks.topology.backend if ranks else "",
     )
-    if default is not None and args.warm_up == "on":
+    if default is not None and _warms_up(args.warm_up):
         # Before transport.start: no gateway counts this worker ready until it
         # is done. Models loaded on demand later skip it: on the compute thread
         # it would pause the models already serving.

@@ -32,7 +32,7 @@ class WorkerConfig:
     max_queued: int = 64  # admitted but not yet decoding; more are refused (503)
     prefill_chunk_gpu: int = 512  # prompt tokens per step on a GPU
     prefill_chunk_cpu: int = 128  # ... and on the CPU backend, where a step is far slower
-    warm_up: str = "on"  # run the serving shapes once before reporting ready: on | off
+    warm_up: str = "auto"  # run the serving shapes before reporting ready: auto (on a GPU only) | on | off
     drain_timeout: float = 30.0  # SIGTERM: seconds running requests may take to finish
     stall_timeout: float = 60.0  # a compute loop without progress this long is declared stuck (0: never)
     # sampling defaults: the model's generation_config.json ("auto") before the --default-* flags

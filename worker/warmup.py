@@ -20,9 +20,12 @@ model is warmed the same way), with dummy token ids:
 
 A few steps each; the sequences are removed when done (the scheduler
 renders one chat prompt first: the template compiles on first use).
-On this 2-core CPU too the first request after start paid seconds
-(SmolLM2: 4.9 s TTFT against a steady ~0.1 s; mlx_lm.server 10 s, mlx-lm
-in-process 8 s), so it runs on every backend; ``--warm-up off`` skips it.
+``--warm-up auto`` (the default) runs it on a GPU only. On this 2-core
+CPU it did not pay: with SmolLM2 (Q4 weights) the first request after
+start still waited 5.3 s with it (4.9 s without; mlx_lm.server and mlx-lm
+in-process 7-10 s too), so that cost is not in the shapes warmed here,
+while the warm-up took ~30 s on the busy machine. ``--warm-up on|off``
+forces it.
 """
 
 from __future__ import annotations
