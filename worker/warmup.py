@@ -22,9 +22,9 @@ A few steps each; the sequences are removed when done (the scheduler
 renders one chat prompt first: the template compiles on first use).
 ``--warm-up auto`` (the default) runs it on a GPU only. On this 2-core
 CPU it did not pay: with SmolLM2 (Q4 weights) the first request after
-start still waited 5.3 s with it (4.9 s without; mlx_lm.server and mlx-lm
-in-process 7-10 s too), so that cost is not in the shapes warmed here,
-while the warm-up took ~30 s on the busy machine. ``--warm-up on|off``
+start took 5.3 s with it against a steady 5.1 s (a busy machine; every
+request is that slow there), so there was no first-request cost to move,
+while the warm-up took ~30 s. ``--warm-up on|off``
 forces it.
 """
 
