@@ -209,13 +209,6 @@ def _model_in_dir(models_dir: Path, model_id: str) -> str:
     return str(entries[model_id].path)
 
 
-def _physical_memory() -> int:
-    try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (ValueError, OSError, AttributeError):
-        return 0
-
-
 def _model_host(args: argparse.Namespace, models_dir: Path | None, wake: Callable[[], None],
                 announce: Callable[[list[ModelInfo]], None], rank0: Rank0 | None = None) -> ModelHost:
     from .model_catalog import scan
@@ -223,6 +216,7 @@ def _model_host(args: argparse.Namespace, models_dir: Path | None, wake: Callabl
     from .model_loader import ModelLoader
     from .model_setup import build_scheduler
     from .models import load_model
+    from .models.weights import physical_memory
 
     def build(loaded: LoadedModel) -> tuple[Scheduler, str]:
         scheduler, token_hash = build_scheduler(args, loaded, per_model_dirs=models_dir is not None, distributed=rank0)
@@ -231,7 +225,7 @@ def _model_host(args: argparse.Namespace, models_dir: Path | None, wake: Callabl
 
     if models_dir is None:
         return ModelHost(build=build, on_change=announce)
-    max_gb = args.max_loaded_gb if args.max_loaded_gb is not None else _physical_memory() / 2 / 2**30
+    max_gb = args.max_loaded_gb if args.max_loaded_gb is not None else physical_memory() / 2 / 2**30
     limits = ResidencyLimits(
         max_models=args.max_loaded_models,
         max_bytes=int(max_gb * 2**30),

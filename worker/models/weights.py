@@ -70,7 +70,7 @@ def _auto_choice(model: Any) -> str:
     if mx.default_device() != mx.cpu:
         return "native"
     need = float32_bytes(model)
-    have = _physical_memory()
+    have = physical_memory()
     if have and need > _AUTO_MEMORY_SHARE * have:
         say(f"keeping stored weights: float32 would need {need / 2**30:.1f} GiB of {have / 2**30:.1f} GiB")
         return "native"
@@ -183,7 +183,8 @@ def describe_weights(model: Any) -> str:
     return max(counts, key=lambda k: counts[k]) if counts else "empty"
 
 
-def _physical_memory() -> int:
+def physical_memory() -> int:
+    """Bytes of RAM on this machine (0 when unknown)."""
     try:
         return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     except (ValueError, OSError, AttributeError):
