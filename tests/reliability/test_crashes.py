@@ -13,18 +13,9 @@ import httpx
 
 from tests.reliability.support import BackgroundStream, chat, client
 from tests.support.metrics import scrape, total
-from tests.support.processes import start_gateway, start_worker, wait_healthy
+from tests.support.processes import start_gateway, start_worker, wait_healthy, wait_until
 
 STREAM = {"messages": [{"role": "user", "content": "Keep talking"}], "max_tokens": 200, "ignore_eos": True, "stream": True}
-
-
-def wait_until(what: str, condition, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"not true within {timeout:.0f} s: {what}")
 
 
 def idle(stack) -> bool:
