@@ -29,7 +29,7 @@ from protocol.messages import CacheDecision, ChatRequest, ErrorInfo, RequestOutp
 
 from .errors import APIError
 from .output_stream import OutputStream
-from .pool import NoWorkerAvailable, PoolFull, UnknownModel, WorkerPool
+from .pool import NoWorkerAvailable, PoolFull, UnknownModel, WorkerPool, routing_error
 from .request_log import RequestRecord
 from .worker_client import WorkerClient, WorkerUnavailable
 
@@ -245,13 +245,10 @@ async def _start(
     while True:
         try:
             worker, model_id = pool.choose(job.model, affinity, exclude=tried)
-        except NoWorkerAvailable as exc:
-            raise last or APIError(503, str(exc), code="no_worker", headers={"Retry-After": "2"}) from None
-        except PoolFull as exc:
-            # Refused before any expensive work (tokenizing, prefill).
-            raise last or APIError(503, str(exc), code="queue_full", headers={"Retry-After": "1"}) from None
+        except (NoWorkerAvailable, PoolFull) as exc:
+            raise last or routing_error(exc) from None
         except UnknownModel as exc:
-            raise APIError(404, str(exc), param="model", code="model_not_found") from None
+            raise routing_error(exc) from None
         served = worker.model(model_id)
         context = served.context_length if served is not None else 0  # 0: not known before its first load
         budget = wire.sampling.max_tokens

@@ -17,6 +17,7 @@ from collections.abc import Iterable
 from protocol.messages import ModelInfo
 
 from .config import GatewayConfig, WorkerSpec
+from .errors import APIError
 from .routing import Candidate, pick, rendezvous_order
 from .worker_client import QueueLimits, WorkerClient, new_gateway_id
 
@@ -33,6 +34,17 @@ class PoolFull(Exception):
 
 class UnknownModel(LookupError):
     """No worker serves this model, and none has a model loaded to stand in (404)."""
+
+
+def routing_error(exc: NoWorkerAvailable | PoolFull | UnknownModel) -> APIError:
+    """The answer to a request no worker can take: 404 for a model nobody
+    serves, else a 503 worth retrying (a full pool is refused before any
+    expensive work: tokenizing, prefill)."""
+    if isinstance(exc, UnknownModel):
+        return APIError(404, str(exc), param="model", code="model_not_found")
+    if isinstance(exc, PoolFull):
+        return APIError(503, str(exc), code="queue_full", headers={"Retry-After": "1"})
+    return APIError(503, str(exc), code="no_worker", headers={"Retry-After": "2"})
 
 
 class WorkerPool:

@@ -14,7 +14,7 @@ from fastapi import APIRouter, Request
 from ..body import json_object
 from ..conversation import validate_conversation_id
 from ..errors import APIError
-from ..pool import NoWorkerAvailable, UnknownModel, WorkerPool
+from ..pool import NoWorkerAvailable, UnknownModel, WorkerPool, routing_error
 from ..worker_client import WorkerClient, WorkerUnavailable
 
 router = APIRouter(prefix="/v1/conv_kv")
@@ -48,10 +48,8 @@ def _owners(request: Request, conversation_id: str, model: str | None) -> tuple[
     pool: WorkerPool = request.app.state.pool
     try:
         owner, model_id = pool.owner(model, conversation_id)
-    except NoWorkerAvailable as exc:
-        raise APIError(503, str(exc), code="no_worker", headers={"Retry-After": "2"}) from None
-    except UnknownModel as exc:
-        raise APIError(404, str(exc), param="model", code="model_not_found") from None
+    except (NoWorkerAvailable, UnknownModel) as exc:
+        raise routing_error(exc) from None
     return [owner] + [w for w in pool.serving(model_id) if w is not owner], model_id
 
 

@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from ..agent_fields import FunctionTool, check_template_kwargs
 from ..body import json_object, validate
 from ..errors import APIError
-from ..pool import NoWorkerAvailable, PoolFull, UnknownModel, WorkerPool
+from ..pool import NoWorkerAvailable, PoolFull, UnknownModel, WorkerPool, routing_error
 from ..schemas import UNION_TAGS, Message
 from ..worker_client import WorkerUnavailable
 
@@ -72,12 +72,8 @@ async def call_any_worker(request: Request, model: str | None, method: str, args
     pool: WorkerPool = request.app.state.pool
     try:
         worker, model_id = pool.choose(model, None)
-    except NoWorkerAvailable as exc:
-        raise APIError(503, str(exc), code="no_worker", headers={"Retry-After": "2"}) from None
-    except PoolFull as exc:
-        raise APIError(503, str(exc), code="queue_full", headers={"Retry-After": "1"}) from None
-    except UnknownModel as exc:
-        raise APIError(404, str(exc), param="model", code="model_not_found") from None
+    except (NoWorkerAvailable, PoolFull, UnknownModel) as exc:
+        raise routing_error(exc) from None
     try:
         reply = await worker.call(method, {**args, "model": model_id}, timeout=60.0)
     except WorkerUnavailable as exc:
