@@ -286,7 +286,12 @@ def serve(args: argparse.Namespace, loaded: LoadedModel | None, transport: Trans
     except KVConfigError as exc:  # e.g. --kv-group-size that does not divide the head size
         print(f"kmlx-worker: {exc}", file=sys.stderr)
         transport.close("bad configuration")
-        raise SystemExit(2) from None
+        # Exit at once: nothing is served or saved yet, and tearing the
+        # interpreter down beside a half-built model host crashed (SIGSEGV
+        # instead of exit 2) once in a test run.
+        sys.stderr.flush()
+        sys.stdout.flush()
+        os._exit(2)
     info = WorkerInfo(
         protocol_version=PROTOCOL_VERSION,
         worker_id=worker_id,
