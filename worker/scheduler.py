@@ -25,21 +25,18 @@ from .grammar import (
     GrammarCompiler,
     GrammarError,
     GrammarProcessor,
-    answer_schema,
     marker_tokens,
-    response_format_grammar,
-    tool_call_grammar,
 )
 from .kv.manager import ControlError, PromptCacheManager
 from .logprobs import TokenBytes, read_logprobs
 from .prefix_sharing import PrefixSharing
-from .prompt import Prompt, PromptError, render_prompt, template_source, template_variables
+from .prompt import Prompt, PromptError, render_prompt, template_source
 from .prompt_jobs import INLINE_CHARS, PromptJobs, schema_chars, text_chars
-from .raw_prompt import render_raw, untrimmed
+from .raw_prompt import render_raw
+from .request_setup import RequestSetup, sampling_n
 from .sampling import make_logits_processors, make_sampler
 from .sequence import Sequence, ended_unstarted, prompt_only, rejection
-from .text_stream import THINK_CLOSE, TextStream
-from .tool_format import FALLBACK, ToolPlan
+from .tool_format import FALLBACK
 from .tool_format import detect as detect_tool_format
 
 log = logging.getLogger("kmlx.worker.scheduler")
@@ -76,7 +73,7 @@ class SchedulerCounters:
     steps: int = 0
 
 
-class Scheduler:
+class Scheduler(RequestSetup):
     def __init__(
         self,
         model: Any,
@@ -309,88 +306,6 @@ class Scheduler:
         if seq.choice == 0:  # a request is found by its first choice
             self._by_id[seq.request_id] = seq
 
-    def tool_plan(self, req: ChatRequest) -> ToolPlan:
-        """How this request's tools and tool history go into the prompt
-        (tool_format.py). A forced call in a family whose format kmlx cannot
-        enforce uses the fallback format for that request."""
-        fmt = self.tool_format
-        if req.tool_choice.mode in ("required", "function") and req.tools and not fmt.constrainable:
-            fmt = FALLBACK
-        return ToolPlan(fmt, req.tools or [], req.tool_choice, req.parallel_tool_calls)
-
-    def constraint(self, req: ChatRequest, starts_in_reasoning: bool) -> GrammarProcessor | None:
-        """The grammar this request's output must follow, if any (grammar.py);
-        raises GrammarError naming what cannot be enforced."""
-        plan = self.tool_plan(req)
-        forced = plan.offered and req.tool_choice.mode in ("required", "function")
-        fmt = req.response_format
-        if forced:
-            grammar, param = tool_call_grammar(plan, tokens=self.marker_tokens), "tools"
-        elif fmt.type != "text" and plan.offered and plan.format.constrainable:
-            grammar, param = tool_call_grammar(plan, answer=answer_schema(fmt), tokens=self.marker_tokens), "response_format"
-        elif fmt.type != "text":
-            grammar, param = response_format_grammar(fmt), "response_format"
-        else:
-            return None
-        matcher = self.grammars.matcher(grammar, param)
-        gate = THINK_CLOSE.encode() if starts_in_reasoning else None
-        return GrammarProcessor(matcher, self.grammars.tokenizer(param), gate=gate)
-
-    def text_stream(self, req: ChatRequest, starts_in_reasoning: bool) -> TextStream:
-        """The request's output pipeline: stop strings, <think> split, tool calls."""
-        chat = req.prompt is None
-        plan = self.tool_plan(req)
-        parser = plan.format.parser(req.tools, parallel=req.parallel_tool_calls) if chat and plan.offered else None
-        return TextStream.create(
-            req.sampling.stop, strip_thinking=req.strip_thinking, starts_in_reasoning=starts_in_reasoning,
-            split_thinking=chat, tools=parser,
-        )
-
-    def template_variables(self, req: ChatRequest, tokenizer: Any = None) -> dict[str, Any]:
-        """Extra chat-template variables for this request; raises PromptError."""
-        return template_variables(
-            tokenizer or self.tokenizer, req.chat_template_kwargs, defaults=self.template_defaults,
-            reasoning_effort=req.reasoning_effort,
-        )
-
-    def resolve_sampling(self, req: ChatRequest) -> Sampling | ErrorInfo:
-        """The request's sampling with every unset field defaulted
-        (generation_config.py), or why it cannot be honoured."""
-        if sampling_n(req) > self.limits.max_running:
-            return ErrorInfo(
-                f"n is {req.sampling.n}, but this worker runs at most {self.limits.max_running} sequences together",
-                param="n", code="invalid_value",
-            )
-        sampling = self.sampling_defaults.resolve(req.sampling)
-        bad = [t for t in sampling.logit_bias if not 0 <= t < self.vocab_size] if self.vocab_size else []
-        if bad:
-            return ErrorInfo(
-                f"logit_bias names token id {bad[0]}, but this model's vocabulary has {self.vocab_size} tokens",
-                param="logit_bias", code="invalid_value",
-            )
-        return sampling
-
-    def detokenizer(self, req: ChatRequest) -> Any:
-        """A fresh streaming detokenizer for one choice of ``req``."""
-        return self.tokenizer.detokenizer if req.prompt is None else untrimmed(self.tokenizer.detokenizer)
-
-    def completion_budget(
-        self, req: ChatRequest, n_prompt: int, what: str = "the messages", *, sampling: Sampling | None = None
-    ) -> int | ErrorInfo:
-        """Tokens this request may generate: its own limit (or the model's
-        default), the operator's cap and the room left in the context — or
-        why it cannot run at all."""
-        room = self.context_length - n_prompt
-        if room <= 0:
-            return ErrorInfo(
-                f"this model's maximum context length is {self.context_length} tokens; {what} are {n_prompt} tokens",
-                param="messages" if req.prompt is None else "prompt",
-                code="context_length_exceeded",
-            )
-        asked = sampling.max_tokens if sampling is not None else req.sampling.max_tokens
-        wanted = asked or self.limits.default_max_tokens or room
-        return max(1, min(wanted, room, self.limits.max_tokens_limit or room))
-
     def abort(self, request_id: str, *, error: ErrorInfo | None = None) -> RequestOutput | None:
         """Remove a request wherever it is; idempotent."""
         rendering = self._rendering.pop(request_id, None)
@@ -565,8 +480,3 @@ def _vocab_size(model: Any, tokenizer: Any) -> int:
     n = len(tokenizer.get_vocab())
     rows = getattr(getattr(model, "args", None), "vocab_size", None)
     return min(n, rows) if isinstance(rows, int) and rows > 0 else n
-
-
-
-def sampling_n(req: ChatRequest) -> int:
-    return max(1, req.sampling.n)
